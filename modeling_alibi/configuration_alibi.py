@@ -1,0 +1,222 @@
+"""Configuration of the ALiBi causal language model (Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022).
+
+This file ships to the Hub as remote code: it imports only the standard library and transformers.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "learned", "none")
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
+
+
+class AlibiConfig(PreTrainedConfig):
+    r"""Configuration for [`AlibiModel`] and [`AlibiForCausalLM`].
+
+    The fields express fairseq's `transformer_lm` family, with the fairseq flag named in a comment where it
+    differs. Defaults give the paper's WikiText-103 block shape (16 layers, d 1024, 8 heads, ffn 4096) with a
+    plain tied embedding.
+
+    Args:
+        vocab_size: Size of the vocabulary.
+        hidden_size: Model width `d` (fairseq `decoder_embed_dim`).
+        num_hidden_layers: Number of decoder blocks.
+        num_attention_heads: Number of attention heads; must divide `hidden_size`.
+        intermediate_size: Width of the feed-forward layer (fairseq `decoder_ffn_embed_dim`).
+        activation_function: Feed-forward nonlinearity.
+        hidden_dropout: Dropout on embeddings and residual branches (fairseq `dropout`).
+        attention_dropout: Dropout on attention probabilities.
+        activation_dropout: Dropout after the feed-forward nonlinearity.
+        layer_norm_eps: LayerNorm epsilon.
+        normalize_before: Pre-norm blocks if True, post-norm if False (fairseq `decoder_normalize_before`).
+        final_layer_norm: Apply a LayerNorm after the last block (fairseq: pre-norm and not `no_decoder_final_norm`).
+        scale_embedding: Multiply token embeddings by sqrt(hidden_size) (fairseq: not `no_scale_embedding`).
+        use_bias: Bias terms on the attention and feed-forward projections.
+        input_embedding_size: Width of the token embedding when it differs from `hidden_size`; a bias-free
+            projection maps it to `hidden_size` (fairseq `decoder_input_dim`, `project_in_dim`).
+        output_embedding_size: Width fed to the output embedding when it differs from `hidden_size`
+            (fairseq `decoder_output_dim`, `project_out_dim`).
+        tie_word_embeddings: Share the input and output token embeddings.
+        adaptive_input: Use adaptive input embeddings (Baevski & Auli, 2019).
+        adaptive_input_cutoffs: Band boundaries of the adaptive input, without the vocabulary size.
+        adaptive_input_factor: Each band's width is `input_embedding_size // factor**band`.
+        adaptive_softmax_cutoffs: Band boundaries of an adaptive softmax output layer; None for a plain softmax.
+        adaptive_softmax_factor: Width factor of the adaptive softmax tails.
+        adaptive_softmax_dropout: Dropout inside each adaptive softmax tail.
+        tie_adaptive_weights: Adaptive softmax reuses the adaptive input embedding tables.
+        tie_adaptive_proj: Adaptive softmax tails reuse the adaptive input projections (transposed).
+        position_encoding: `"alibi"` (default), or a baseline for comparisons: `"sinusoidal"`, `"rotary"`,
+            `"learned"` (needs `max_position_embeddings`, which it caps the length to) or `"none"`.
+        alibi_bias_max: The slopes are 2^(-alibi_bias_max * h / H) for h = 1..H (8 in the paper).
+        train_seq_len: The sequence length the model was trained on. Metadata only: never a length cap.
+        max_position_embeddings: Only for `position_encoding="learned"`. Left None otherwise, because
+            `generate()` clamps its length to this value when it is set.
+        rope_theta: Base of the rotary frequencies for `position_encoding="rotary"`.
+        initializer_range: Standard deviation of the normal weight init.
+        use_cache: Return the key/value cache from the forward pass.
+    """
+
+    model_type = "alibi"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 1024,
+        num_hidden_layers: int = 16,
+        num_attention_heads: int = 8,
+        intermediate_size: int = 4096,
+        activation_function: str = "relu",
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        normalize_before: bool = True,
+        final_layer_norm: bool = True,
+        scale_embedding: bool = True,
+        use_bias: bool = True,
+        input_embedding_size: int | None = None,
+        output_embedding_size: int | None = None,
+        tie_word_embeddings: bool = True,
+        adaptive_input: bool = False,
+        adaptive_input_cutoffs: list[int] | None = None,
+        adaptive_input_factor: float = 4.0,
+        adaptive_softmax_cutoffs: list[int] | None = None,
+        adaptive_softmax_factor: float = 4.0,
+        adaptive_softmax_dropout: float = 0.0,
+        tie_adaptive_weights: bool = False,
+        tie_adaptive_proj: bool = False,
+        position_encoding: str = "alibi",
+        alibi_bias_max: float = 8.0,
+        train_seq_len: int | None = None,
+        max_position_embeddings: int | None = None,
+        rope_theta: float = 10000.0,
+        initializer_range: float = 0.02,
+        use_cache: bool = True,
+        bos_token_id: int | None = 0,
+        pad_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.activation_function = activation_function
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.normalize_before = normalize_before
+        self.final_layer_norm = final_layer_norm
+        self.scale_embedding = scale_embedding
+        self.use_bias = use_bias
+        self.input_embedding_size = input_embedding_size
+        self.output_embedding_size = output_embedding_size
+        self.adaptive_input = adaptive_input
+        self.adaptive_input_cutoffs = list(adaptive_input_cutoffs) if adaptive_input_cutoffs else None
+        self.adaptive_input_factor = adaptive_input_factor
+        self.adaptive_softmax_cutoffs = list(adaptive_softmax_cutoffs) if adaptive_softmax_cutoffs else None
+        self.adaptive_softmax_factor = adaptive_softmax_factor
+        self.adaptive_softmax_dropout = adaptive_softmax_dropout
+        self.tie_adaptive_weights = tie_adaptive_weights
+        self.tie_adaptive_proj = tie_adaptive_proj
+        self.position_encoding = position_encoding
+        self.alibi_bias_max = alibi_bias_max
+        self.train_seq_len = train_seq_len
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        self._validate()
+        if adaptive_input or self.adaptive_softmax_cutoffs:
+            # Adaptive layers tie through tie_adaptive_weights/tie_adaptive_proj, never through a plain lm_head.
+            tie_word_embeddings = False
+        super().__init__(
+            bos_token_id=bos_token_id,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        attn = kwargs.get("attn_implementation")
+        if attn is not None and attn not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"Unknown attn_implementation={attn!r}. Choose one of {ATTENTION_IMPLEMENTATIONS}; "
+                "'eager' is the reference and runs everywhere."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the token embedding before any input projection."""
+        return self.input_embedding_size or self.hidden_size
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the final hidden state fed to the output layer."""
+        return self.output_embedding_size or self.hidden_size
+
+    def _validate(self) -> None:
+        """Raise ValueError naming the offending option and the fix; called once from __init__."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} does not divide hidden_size={self.hidden_size}: "
+                "pick a head count that divides the width (each head gets hidden_size // num_attention_heads dims)."
+            )
+        for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "adaptive_softmax_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}={value} must lie in [0, 1).")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function={self.activation_function!r} is not one of {ACTIVATIONS}.")
+        if self.position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(f"position_encoding={self.position_encoding!r} is not one of {POSITION_ENCODINGS}.")
+        if self.alibi_bias_max <= 0:
+            raise ValueError(f"alibi_bias_max={self.alibi_bias_max} must be positive (the paper uses 8).")
+        if self.train_seq_len is not None and self.train_seq_len <= 0:
+            raise ValueError(f"train_seq_len={self.train_seq_len} must be a positive length or None.")
+        if self.position_encoding == "learned" and not self.max_position_embeddings:
+            raise ValueError('position_encoding="learned" needs max_position_embeddings (the longest length).')
+        if self.position_encoding == "rotary" and self.head_dim % 2:
+            raise ValueError(f'position_encoding="rotary" needs an even head dim, got {self.head_dim}.')
+        self._validate_adaptive()
+
+    def _validate_adaptive(self) -> None:
+        for name in ("adaptive_input_cutoffs", "adaptive_softmax_cutoffs"):
+            cutoffs = getattr(self, name)
+            if cutoffs is None:
+                continue
+            if any(not 0 < a < b for a, b in zip([0] + cutoffs, cutoffs + [self.vocab_size])):
+                raise ValueError(
+                    f"{name}={cutoffs} must be strictly increasing and below vocab_size={self.vocab_size}."
+                )
+        if self.adaptive_input and not self.adaptive_input_cutoffs:
+            raise ValueError("adaptive_input=True needs adaptive_input_cutoffs, e.g. [20000, 60000].")
+        if self.tie_adaptive_weights:
+            if not (self.adaptive_input and self.adaptive_softmax_cutoffs):
+                raise ValueError("tie_adaptive_weights needs both adaptive_input and adaptive_softmax_cutoffs.")
+            if self.adaptive_input_cutoffs != self.adaptive_softmax_cutoffs:
+                raise ValueError(
+                    "tie_adaptive_weights needs adaptive_input_cutoffs == adaptive_softmax_cutoffs, got "
+                    f"{self.adaptive_input_cutoffs} and {self.adaptive_softmax_cutoffs}."
+                )
+            if self.adaptive_input_factor != self.adaptive_softmax_factor:
+                raise ValueError("tie_adaptive_weights needs adaptive_input_factor == adaptive_softmax_factor.")
+            if self.input_dim != self.output_dim:
+                raise ValueError("tie_adaptive_weights needs input_embedding_size == output_embedding_size.")
+        if self.tie_adaptive_proj and not self.tie_adaptive_weights:
+            raise ValueError("tie_adaptive_proj needs tie_adaptive_weights=True.")
+
+
+__all__ = ["AlibiConfig"]

@@ -1,0 +1,850 @@
+"""ALiBi causal language model (Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022) for Transformers.
+
+Hub payload: this file imports only torch, transformers, the standard library and `configuration_alibi`, so
+`save_pretrained` can ship it as remote code unchanged. Optional kernels are imported inside `try` blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
+
+from .configuration_alibi import ATTENTION_IMPLEMENTATIONS, AlibiConfig
+
+try:  # FlexAttention: CUDA only here; absent on old torch builds.
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
+
+try:  # flash-attn >= 2.4 takes per-head ALiBi slopes; optional `flash` extra.
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+except ImportError:
+    flash_attn_func = flash_attn_varlen_func = None
+
+logger = logging.get_logger(__name__)
+
+# Query rows per SDPA call on long inputs: the materialized (b, h, rows, k) fp32 bias stays near this many bytes.
+SDPA_BIAS_BYTES = 256 * 2**20
+# Below this many query rows (decode steps, short prompts) the flex path uses SDPA: a small bias is cheap and
+# building a block mask per step is not.
+FLEX_MIN_QUERY_LEN = 64
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ALiBi
+# ----------------------------------------------------------------------------------------------------------
+
+
+def alibi_slopes(num_heads: int, bias_max: float = 8.0) -> torch.Tensor:
+    """Per-head slopes m_h of Press et al. (2022), section 3. Shape (h,), float32.
+
+    For a power-of-two head count H the slopes are 2^(-bias_max * k / H), k = 1..H. Otherwise the first
+    2^floor(log2 H) slopes come from that rule and the rest are every other slope of the next power of two,
+    in the paper's (interleaved, not sorted) order.
+
+    Args:
+        num_heads: Number of attention heads.
+        bias_max: The exponent range (8 in the paper).
+
+    Returns:
+        A float32 tensor of shape (num_heads,).
+    """
+    closest = 2 ** math.floor(math.log2(num_heads))
+    exponents = torch.arange(1, closest + 1, dtype=torch.float64) * (bias_max / closest)
+    if closest < num_heads:
+        odd = torch.arange(1, 2 * (num_heads - closest), 2, dtype=torch.float64)  # 1, 3, 5, ...
+        exponents = torch.cat([exponents, odd * (bias_max / (2 * closest))])
+    return torch.pow(2.0, -exponents).float()
+
+
+def alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+    """Additive bias -m_h * (i - j) from relative distances. Positions (b, q) and (b, k) -> (b, h, q, k) fp32.
+
+    The distance is an exact integer before it is scaled, so every entry is exact in fp32 at any length;
+    BLOOM's absolute slope * position cast to bf16 is off by up to +-1 at position 1,024.
+    """
+    distance = (query_positions[:, :, None] - key_positions[:, None, :]).float()  # (b, q, k)
+    return -slopes[None, :, None, None] * distance[:, None]  # (b, h, q, k)
+
+
+@dataclass
+class AlibiAttentionMask:
+    """Everything an attention backend needs for masking and ALiBi, built once per forward pass.
+
+    Positions count real tokens (cumulative sum of the attention mask), so left padding changes nothing.
+    """
+
+    query_positions: torch.Tensor  # (b, q) int64
+    key_positions: torch.Tensor  # (b, k) int64
+    key_padding: torch.Tensor | None  # (b, k) bool, True at padding; None when nothing is padded
+    slopes: torch.Tensor | None  # (h,) fp32; None for the non-ALiBi position encodings
+    block_mask: Any = None  # flex_attention's BlockMask, built lazily and shared by all layers
+
+    def allowed(self, rows: slice = slice(None)) -> torch.Tensor:
+        """Keys each query may see: causal in real positions and not padding. (b, q, k) bool."""
+        allowed = self.key_positions[:, None, :] <= self.query_positions[:, rows, None]  # (b, q, k)
+        if self.key_padding is not None:
+            allowed = allowed & ~self.key_padding[:, None, :]
+        return allowed
+
+    def additive(self, rows: slice = slice(None)) -> torch.Tensor:
+        """ALiBi bias plus mask for the query `rows`, in fp32: (b, h or 1, q, k)."""
+        allowed = self.allowed(rows)[:, None]  # (b, 1, q, k)
+        if self.slopes is None:
+            bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+        else:
+            bias = alibi_bias(self.slopes, self.query_positions[:, rows], self.key_positions)
+        # A finite minimum, not -inf: a padded query row that sees no key must stay finite, else its NaN
+        # output would leak through 0 * NaN into the next layer.
+        return bias.masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention backends. Each takes (b, h, q, d) query and (b, h, k, d) key/value, returns (b, h, q, d) output
+# and the attention weights (eager only).
+# ----------------------------------------------------------------------------------------------------------
+
+AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: AlibiAttentionMask,
+    scaling: float,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: scores, bias and softmax in fp32; materializes (b, h, q, k)."""
+    scores = torch.matmul(query, key.transpose(2, 3)).float() * scaling  # (b, h, q, k)
+    # The bias is added after scaling, as in the paper and fairseq: it is not divided by sqrt(d).
+    weights = torch.softmax(scores + mask.additive(), dim=-1).to(value.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value), weights
+
+
+def sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: AlibiAttentionMask,
+    scaling: float,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, None]:
+    """torch SDPA with the bias built in fp32 and cast to the query dtype last, in query chunks.
+
+    Peak memory of the bias is bounded by `SDPA_BIAS_BYTES` per chunk, so it grows linearly with the key length
+    instead of quadratically with the sequence length.
+    """
+    b, h, q_len, _ = query.shape
+    k_len = key.shape[2]
+    if mask.slopes is None and mask.key_padding is None and q_len in (1, k_len):
+        # Plain causal attention (position-encoding baselines): let SDPA pick its flash kernel.
+        return F.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout, is_causal=q_len > 1, scale=scaling
+        ), None
+    rows_per_chunk = max(1, SDPA_BIAS_BYTES // (4 * b * h * k_len))
+    outputs = []
+    for start in range(0, q_len, rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, q_len))
+        bias = mask.additive(rows).to(query.dtype)  # (b, h, rows, k)
+        outputs.append(
+            F.scaled_dot_product_attention(
+                query[:, :, rows], key, value, attn_mask=bias, dropout_p=dropout, scale=scaling
+            )
+        )
+    return torch.cat(outputs, dim=2), None
+
+
+_compiled_flex_attention = None
+
+
+def _flex_block_mask(mask: AlibiAttentionMask, q_len: int, k_len: int, device: torch.device) -> Any:
+    """Build the (causal + padding) block mask once per forward; every layer reuses it."""
+    if mask.block_mask is None:
+        query_positions, key_positions, key_padding = mask.query_positions, mask.key_positions, mask.key_padding
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            allowed = key_positions[b, kv_idx] <= query_positions[b, q_idx]
+            if key_padding is not None:
+                allowed = allowed & ~key_padding[b, kv_idx]
+            return allowed
+
+        batch = query_positions.shape[0]
+        mask.block_mask = create_block_mask(mask_mod, batch, None, q_len, k_len, device=device)
+    return mask.block_mask
+
+
+def flex_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: AlibiAttentionMask,
+    scaling: float,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, None]:
+    """FlexAttention with ALiBi as a `score_mod` in fp32: no (b, h, q, k) tensor is ever built.
+
+    CPU tensors and short query blocks (decode steps) take the SDPA path, which computes the same function.
+    """
+    if dropout > 0.0:
+        raise ValueError(
+            "flex_attention has no attention dropout. Set config.attention_dropout=0.0 for training, or load with "
+            'attn_implementation="sdpa" (or "eager").'
+        )
+    if not query.is_cuda or query.shape[2] < FLEX_MIN_QUERY_LEN:
+        return sdpa_attention(module, query, key, value, mask, scaling, dropout)
+    global _compiled_flex_attention
+    if _compiled_flex_attention is None:
+        # dynamic=True: one compiled kernel serves every sequence length instead of recompiling per shape.
+        _compiled_flex_attention = torch.compile(flex_attention, dynamic=True)
+    block_mask = _flex_block_mask(mask, query.shape[2], key.shape[2], query.device)
+    slopes, query_positions, key_positions = mask.slopes, mask.query_positions, mask.key_positions
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if slopes is None:
+            return score
+        distance = (query_positions[b, q_idx] - key_positions[b, kv_idx]).to(torch.float32)
+        return score - slopes[h] * distance  # score is fp32 inside the kernel
+
+    out = _compiled_flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scaling)
+    return out, None
+
+
+def flash_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: AlibiAttentionMask,
+    scaling: float,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, None]:
+    """flash-attn with `alibi_slopes` (fp32, bottom-right aligned, so KV-cache offsets are handled in-kernel).
+
+    Padded batches are unpadded into a varlen batch: compacting each row's real tokens gives exactly the
+    cumulative-mask positions used by the other backends.
+    """
+    if flash_attn_func is None:
+        raise ImportError('attn_implementation="flash_attention_2" needs flash-attn>=2.4: pip install "alibi-lm[flash]".')
+    b, h, q_len, d = query.shape
+    dropout = dropout if module.training else 0.0
+    slopes = mask.slopes.to(query.device) if mask.slopes is not None else None
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (b, len, h, d), flash-attn's layout
+    if mask.key_padding is None:
+        out = flash_attn_func(q, k, v, dropout, softmax_scale=scaling, causal=True, alibi_slopes=slopes)
+        return out.transpose(1, 2), None  # (b, h, q, d)
+    key_valid = ~mask.key_padding  # (b, k)
+    query_valid = key_valid[:, -q_len:]  # queries are the last q_len keys
+    cu_q = F.pad(query_valid.sum(-1).cumsum(0, dtype=torch.int32), (1, 0))
+    cu_k = F.pad(key_valid.sum(-1).cumsum(0, dtype=torch.int32), (1, 0))
+    out_packed = flash_attn_varlen_func(
+        q[query_valid], k[key_valid], v[key_valid],  # (total, h, d)
+        cu_q, cu_k, int(query_valid.sum(-1).max()), int(key_valid.sum(-1).max()),
+        dropout, softmax_scale=scaling, causal=True, alibi_slopes=slopes,
+    )
+    out = q.new_zeros(b, q_len, h, d)
+    out[query_valid] = out_packed
+    return out.transpose(1, 2), None  # (b, h, q, d)
+
+
+ATTENTION_FUNCTIONS: dict[str, AttentionFn] = {
+    "eager": eager_attention,  # the reference; the only one that returns weights
+    "sdpa": sdpa_attention,
+    "flex_attention": flex_attention_forward,
+    "flash_attention_2": flash_attention_forward,
+}
+
+
+def default_attn_implementation() -> str:
+    """The fastest correct backend for this machine: FlexAttention on CUDA, else SDPA."""
+    if flex_attention is not None and torch.cuda.is_available():
+        return "flex_attention"
+    return "sdpa"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Position-encoding baselines (for the paper's comparisons; ALiBi needs none of these)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """fairseq/tensor2tensor sinusoids, [sin | cos] halves. Positions (b, q) -> (b, q, dim) fp32."""
+    half = dim // 2
+    frequencies = torch.exp(
+        torch.arange(half, dtype=torch.float32, device=positions.device) * -(math.log(10000.0) / max(half - 1, 1))
+    )
+    angles = positions.float()[..., None] * frequencies  # (b, q, half)
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    return F.pad(embedding, (0, dim - 2 * half))  # odd dim: one zero column, as fairseq
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables (Su et al., 2021) for positions (b, q) -> cos, sin of shape (b, 1, q, d) in fp32."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (b, q, d/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (b, 1, q, d)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Adaptive input and adaptive softmax (Baevski & Auli, 2019), laid out as fairseq's transformer_lm_wiki103
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _band_edges(cutoffs: list[int], vocab_size: int) -> list[tuple[int, int]]:
+    edges = [0, *cutoffs, vocab_size]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+class AlibiAdaptiveInput(nn.Module):
+    """Frequency bands of shrinking width, each projected to the model width. Band b has width dim // factor**b."""
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__()
+        self.bands = _band_edges(config.adaptive_input_cutoffs, config.vocab_size)
+        widths = [int(config.input_dim // config.adaptive_input_factor**b) for b in range(len(self.bands))]
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(hi - lo, width, padding_idx=config.pad_token_id if b == 0 else None)
+            for b, ((lo, hi), width) in enumerate(zip(self.bands, widths))
+        )
+        self.projections = nn.ModuleList(nn.Linear(width, config.hidden_size, bias=False) for width in widths)
+        self.embedding_dim = config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.projections[0].weight.new_zeros(*input_ids.shape, self.embedding_dim)  # (b, q, d)
+        for (lo, hi), embedding, projection in zip(self.bands, self.embeddings, self.projections):
+            in_band = (input_ids >= lo) & (input_ids < hi)
+            out[in_band] = projection(embedding(input_ids[in_band] - lo))
+        return out
+
+
+class AlibiAdaptiveSoftmax(nn.Module):
+    """Head softmax over the first band plus one cluster logit per tail band; tails are scored on demand.
+
+    With `tie_adaptive_weights` the head and tail tables are the adaptive input's embeddings (the band-0 input
+    projection is not used on the output side); with `tie_adaptive_proj` the tail projections are the input
+    projections, transposed. Tied tensors are read from the input module at call time, so nothing is stored
+    twice.
+    """
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__()
+        self.bands = _band_edges(config.adaptive_softmax_cutoffs, config.vocab_size)
+        self.tie_weights, self.tie_proj = config.tie_adaptive_weights, config.tie_adaptive_proj
+        dim, tails = config.output_dim, self.bands[1:]
+        widths = [int(dim // config.adaptive_softmax_factor ** (t + 1)) for t in range(len(tails))]
+        self.cluster = nn.Linear(dim, len(tails), bias=False)
+        if not self.tie_weights:
+            self.head = nn.Linear(dim, self.bands[0][1], bias=False)
+            self.tails = nn.ModuleList(nn.Linear(w, hi - lo, bias=False) for (lo, hi), w in zip(tails, widths))
+        if not self.tie_proj:
+            self.tail_projections = nn.ModuleList(nn.Linear(dim, w, bias=False) for w in widths)
+        self.dropout = nn.Dropout(config.adaptive_softmax_dropout)
+
+    def _head_log_probs(self, hidden: torch.Tensor, embeddings: AlibiAdaptiveInput | None) -> torch.Tensor:
+        word_weight = embeddings.embeddings[0].weight if self.tie_weights else self.head.weight
+        logits = torch.cat([F.linear(hidden, word_weight), self.cluster(hidden)], dim=-1)  # (n, c1 + tails)
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _tail_log_probs(self, hidden: torch.Tensor, tail: int, embeddings: AlibiAdaptiveInput | None) -> torch.Tensor:
+        if self.tie_proj:
+            projected = F.linear(hidden, embeddings.projections[tail + 1].weight.t())  # (n, d_t)
+        else:
+            projected = self.tail_projections[tail](hidden)
+        table = embeddings.embeddings[tail + 1].weight if self.tie_weights else self.tails[tail].weight
+        return torch.log_softmax(F.linear(self.dropout(projected), table).float(), dim=-1)  # (n, band size)
+
+    def log_probs(self, hidden: torch.Tensor, embeddings: AlibiAdaptiveInput | None = None) -> torch.Tensor:
+        """Full-vocabulary log-probabilities (..., V) in fp32. Use only on the positions you need."""
+        head = self._head_log_probs(hidden, embeddings)
+        c1 = self.bands[0][1]
+        parts = [head[..., :c1]]
+        for tail in range(len(self.bands) - 1):
+            parts.append(self._tail_log_probs(hidden, tail, embeddings) + head[..., c1 + tail, None])
+        return torch.cat(parts, dim=-1)
+
+    def target_log_probs(
+        self, hidden: torch.Tensor, targets: torch.Tensor, embeddings: AlibiAdaptiveInput | None = None
+    ) -> torch.Tensor:
+        """log p(target) for hidden (n, d) and targets (n,), computing only the tails that targets fall in."""
+        head = self._head_log_probs(hidden, embeddings)  # (n, c1 + tails)
+        c1 = self.bands[0][1]
+        out = head.gather(-1, targets.clamp(0, c1 - 1)[:, None]).squeeze(-1)  # (n,)
+        for tail, (lo, hi) in enumerate(self.bands[1:]):
+            rows = ((targets >= lo) & (targets < hi)).nonzero().squeeze(-1)
+            if rows.numel() == 0:
+                continue
+            tail_lp = self._tail_log_probs(hidden[rows], tail, embeddings)  # (rows, band size)
+            word_lp = tail_lp.gather(-1, (targets[rows] - lo)[:, None]).squeeze(-1)
+            out = out.index_put((rows,), word_lp + head[rows, c1 + tail])
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoder
+# ----------------------------------------------------------------------------------------------------------
+
+
+class AlibiAttention(nn.Module):
+    """Multi-head self-attention; ALiBi and masking come in through `AlibiAttentionMask`."""
+
+    def __init__(self, config: AlibiConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        mask: AlibiAttentionMask,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, q_len, _ = hidden_states.shape
+        heads = (b, q_len, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(heads).transpose(1, 2)  # (b, h, q, d)
+        key = self.k_proj(hidden_states).view(heads).transpose(1, 2)  # (b, h, q, d)
+        value = self.v_proj(hidden_states).view(heads).transpose(1, 2)  # (b, h, q, d)
+        if rotary is not None:
+            query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (b, h, k, d)
+
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation != "eager":
+            logger.warning_once(f"output_attentions=True is served by eager attention instead of {implementation}.")
+            implementation = "eager"
+        attend = ATTENTION_FUNCTIONS[implementation]
+        dropout = self.config.attention_dropout if self.training else 0.0
+        out, weights = attend(self, query, key, value, mask, scaling=self.scaling, dropout=dropout)
+        out = out.transpose(1, 2).reshape(b, q_len, -1)  # (b, q, h * d)
+        return self.o_proj(out), weights
+
+
+class AlibiMLP(nn.Module):
+    def __init__(self, config: AlibiConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.activation = _ACTIVATIONS[config.activation_function]
+        self.dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
+
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+class AlibiDecoderLayer(GradientCheckpointingLayer):
+    """A transformer block, pre-norm or post-norm (fairseq `decoder_normalize_before`)."""
+
+    def __init__(self, config: AlibiConfig, layer_idx: int):
+        super().__init__()
+        self.normalize_before = config.normalize_before
+        self.self_attn = AlibiAttention(config, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = AlibiMLP(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        mask: AlibiAttentionMask | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, weights = self.self_attn(hidden_states, mask, rotary, past_key_values, output_attentions)
+        hidden_states = residual + self.dropout(hidden_states)
+        if not self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = residual + self.dropout(self.mlp(hidden_states))
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states, weights
+
+
+class AlibiPreTrainedModel(PreTrainedModel):
+    config_class = AlibiConfig
+    config: AlibiConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AlibiDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True  # the transformers 4.x name
+    _supports_cache_class = True
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """Resolve `attn_implementation`; None picks the fastest correct backend for this machine."""
+        if requested_attention is None:
+            return default_attn_implementation()
+        if requested_attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"Unknown attn_implementation={requested_attention!r}. Choose one of {ATTENTION_IMPLEMENTATIONS}; "
+                "'eager' is the reference and runs everywhere."
+            )
+        if requested_attention == "flex_attention" and (flex_attention is None or not torch.cuda.is_available()):
+            raise ValueError('attn_implementation="flex_attention" needs CUDA; use "sdpa" on this machine.')
+        if requested_attention == "flash_attention_2" and flash_attn_func is None:
+            raise ImportError('attn_implementation="flash_attention_2" needs flash-attn>=2.4: pip install "alibi-lm[flash]".')
+        return requested_attention
+
+
+class AlibiModel(AlibiPreTrainedModel):
+    """The decoder stack: embeddings, blocks and the optional final LayerNorm. No position embeddings with ALiBi."""
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__(config)
+        if config.adaptive_input:
+            self.embed_tokens = AlibiAdaptiveInput(config)
+        else:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.input_dim, padding_idx=config.pad_token_id)
+        input_width = config.hidden_size if config.adaptive_input else config.input_dim
+        self.project_in = None
+        if input_width != config.hidden_size:
+            self.project_in = nn.Linear(input_width, config.hidden_size, bias=False)
+        self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
+        self.embed_positions = None
+        if config.position_encoding == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(AlibiDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_layer_norm else None
+        self.project_out = None
+        if config.output_dim != config.hidden_size and not config.tie_adaptive_weights:
+            self.project_out = nn.Linear(config.hidden_size, config.output_dim, bias=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast | tuple:
+        """Run the decoder.
+
+        Args:
+            input_ids: Token ids (b, q). Pass exactly one of `input_ids` and `inputs_embeds`.
+            attention_mask: 0/1 mask (b, past + q) over every token seen so far, cached ones included. ALiBi
+                distances count only positions where it is 1, so left padding changes nothing.
+            past_key_values: A `Cache` (a `DynamicCache` is made when `use_cache` and none is given).
+            inputs_embeds: Unscaled token embeddings (b, q, input dim), as `embed_tokens` returns them.
+            kwargs: `cache_position` is accepted for compatibility and not needed: positions come from the
+                cache length and the attention mask.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        use_cache = config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # recomputation would append to the cache a second time
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=config)
+        if not use_cache:
+            past_key_values = None
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        hidden_states = inputs_embeds * self.embed_scale  # fairseq scales before any input projection
+        if self.project_in is not None:
+            hidden_states = self.project_in(hidden_states)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        mask = self._attention_mask(attention_mask, past_length, hidden_states)
+        hidden_states, rotary = self._add_positions(hidden_states, mask.query_positions)
+        hidden_states = self.dropout(hidden_states)
+
+        all_hidden_states, all_attentions = [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            hidden_states, weights = layer(
+                hidden_states,
+                mask=mask,
+                rotary=rotary,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+            )
+            if output_attentions:
+                all_attentions.append(weights)
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states)
+        if self.project_out is not None:
+            hidden_states = self.project_out(hidden_states)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _attention_mask(
+        self, attention_mask: torch.Tensor | None, past_length: int, hidden_states: torch.Tensor
+    ) -> AlibiAttentionMask:
+        """Real positions of queries and keys from the 2-D mask, or plain indices without one."""
+        batch, q_len = hidden_states.shape[:2]
+        k_len = past_length + q_len
+        device = hidden_states.device
+        if attention_mask is None:
+            key_positions = torch.arange(k_len, device=device).expand(batch, k_len)  # (b, k)
+            key_padding = None
+        else:
+            if attention_mask.dim() != 2 or attention_mask.shape != (batch, k_len):
+                raise ValueError(
+                    f"attention_mask must be a 2-D 0/1 tensor of shape (batch, cached + new tokens) = {(batch, k_len)}, "
+                    f"got {tuple(attention_mask.shape)}. Pass the mask of the whole sequence so far, as generate() does."
+                )
+            attention_mask = attention_mask.to(device)
+            key_positions = attention_mask.long().cumsum(-1) - 1  # (b, k)
+            key_padding = attention_mask == 0
+            if not key_padding.any():
+                key_padding = None
+        slopes = None
+        if self.config.position_encoding == "alibi":
+            slopes = alibi_slopes(self.config.num_attention_heads, self.config.alibi_bias_max).to(device)
+        return AlibiAttentionMask(key_positions[:, past_length:], key_positions, key_padding, slopes)
+
+    def _add_positions(
+        self, hidden_states: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Apply the baseline position encodings; ALiBi adds nothing here (it lives in the attention scores)."""
+        encoding, rotary = self.config.position_encoding, None
+        positions = positions.clamp(min=0)  # padding has position -1; its value is masked anyway
+        if encoding == "learned":
+            if int(positions.max()) >= self.config.max_position_embeddings:
+                raise ValueError(
+                    f"Position {int(positions.max())} is past max_position_embeddings="
+                    f"{self.config.max_position_embeddings} of this learned-position model; ALiBi has no such limit."
+                )
+            hidden_states = hidden_states + self.embed_positions(positions)
+        elif encoding == "sinusoidal":
+            hidden_states = hidden_states + sinusoidal_embedding(positions, self.config.hidden_size).to(hidden_states.dtype)
+        elif encoding == "rotary":
+            rotary = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        return hidden_states, rotary
+
+
+# Rows of log-probabilities computed at once when scoring targets: bounds the (rows, vocab) fp32 block.
+LOG_PROB_BYTES = 256 * 2**20
+
+
+class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
+    """ALiBi decoder with a language-model head: a plain (optionally tied) softmax or an adaptive softmax."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: AlibiConfig):
+        super().__init__(config)
+        self.model = AlibiModel(config)
+        if config.adaptive_softmax_cutoffs:
+            self.lm_head = AlibiAdaptiveSoftmax(config)
+        else:
+            self.lm_head = nn.Linear(config.output_dim, config.vocab_size, bias=False)
+        self.post_init()
+
+    @property
+    def is_adaptive(self) -> bool:
+        return isinstance(self.lm_head, AlibiAdaptiveSoftmax)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return None if self.is_adaptive else self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        """Language-model forward pass.
+
+        Args:
+            labels: Targets (b, q) aligned with `input_ids`; the model shifts them (position t predicts t + 1) and
+                ignores -100. The loss is the mean negative log-likelihood in nats (or the sum over
+                `num_items_in_batch` when the Trainer passes it).
+            logits_to_keep: 0 keeps every position; an int n keeps the last n; a 1-D tensor keeps those indices.
+                With an adaptive softmax the returned `logits` are full-vocabulary log-probabilities, and when
+                `labels` are given with `logits_to_keep=0` they are not computed at all (None): the loss never
+                builds a (q, vocab) tensor.
+            Other arguments are those of [`AlibiModel.forward`].
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            kept = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+        else:
+            kept = hidden_states[:, logits_to_keep]
+
+        logits = loss = None
+        if self.is_adaptive:
+            if labels is None or not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+                logits = self.lm_head.log_probs(kept, self.model.embed_tokens)
+        else:
+            logits = self.lm_head(kept)
+        if labels is not None:
+            full_logits = logits if kept is hidden_states and not self.is_adaptive else None
+            loss = self._loss(hidden_states, labels, full_logits, num_items_in_batch)
+
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _loss(
+        self,
+        hidden_states: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor | None,
+        num_items_in_batch: int | torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Shifted cross-entropy; reuses full logits when they exist, else scores targets in chunks."""
+        targets = labels[:, 1:].to(hidden_states.device)  # (b, q - 1)
+        if logits is not None:
+            nll = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+            )
+        else:
+            nll = -self._target_log_probs(hidden_states[:, :-1], targets).sum()
+        count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+        return nll / count
+
+    def _target_log_probs(self, hidden_states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p(targets) for hidden (b, q, d) and targets (b, q) -> (b, q) fp32; 0 where the target is -100.
+
+        Works in row chunks so that no (q, vocab) block larger than `LOG_PROB_BYTES` exists at once.
+        """
+        hidden, flat_targets = hidden_states.flatten(0, 1), targets.flatten()  # (n, d), (n,)
+        ignored = flat_targets == -100
+        flat_targets = flat_targets.masked_fill(ignored, 0)
+        width = self.lm_head.bands[0][1] + len(self.lm_head.bands) if self.is_adaptive else self.config.vocab_size
+        rows = max(1, LOG_PROB_BYTES // (4 * width))
+        chunks = []
+        for start in range(0, hidden.shape[0], rows):
+            h, t = hidden[start : start + rows], flat_targets[start : start + rows]
+            if self.is_adaptive:
+                chunks.append(self.lm_head.target_log_probs(h, t, self.model.embed_tokens))
+            else:
+                chunks.append(torch.log_softmax(self.lm_head(h).float(), dim=-1).gather(-1, t[:, None]).squeeze(-1))
+        log_probs = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)
+        return log_probs.masked_fill(ignored, 0.0).view_as(targets)
+
+    def token_log_probs(
+        self, input_ids: torch.LongTensor, target_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-token log p(target_ids[:, t] | input_ids[:, :t + 1]) as (b, q) fp32, with no shift; -100 gives 0.
+
+        This is what corpus perplexity needs: it never builds full-vocabulary logits for all positions.
+        """
+        hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return self._target_log_probs(hidden_states, target_ids.to(hidden_states.device))
+
+
+__all__ = [
+    "AlibiAttentionMask",
+    "AlibiForCausalLM",
+    "AlibiModel",
+    "AlibiPreTrainedModel",
+    "alibi_bias",
+    "alibi_slopes",
+]

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny configs in the spirit of transformers' model testers, seeded, offline, float32."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+import modeling_alibi  # noqa: F401  (registers the Auto classes)
+from modeling_alibi import AlibiConfig, AlibiForCausalLM
+
+VOCAB = 99
+
+
+def tiny_config(num_heads: int = 4, **overrides) -> AlibiConfig:
+    """vocab 99, hidden 24 or 32, 2 layers, dropout off: small enough for exact CPU checks."""
+    fields = dict(
+        vocab_size=VOCAB,
+        hidden_size=8 * num_heads if num_heads != 4 else 32,
+        num_hidden_layers=2,
+        num_attention_heads=num_heads,
+        intermediate_size=64,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        train_seq_len=16,
+    )
+    fields.update(overrides)
+    return AlibiConfig(**fields)
+
+
+def tiny_model(num_heads: int = 4, attn_implementation: str = "eager", seed: int = 0, **overrides) -> AlibiForCausalLM:
+    torch.manual_seed(seed)
+    model = AlibiForCausalLM._from_config(tiny_config(num_heads, **overrides), attn_implementation=attn_implementation)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_dtype():
+    torch.manual_seed(1234)
+    torch.set_default_dtype(torch.float32)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip cleanly on machines without CUDA (the default marker filter deselects them anyway)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
