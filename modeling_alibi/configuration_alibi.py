@@ -131,7 +131,7 @@ class AlibiConfig(PreTrainedConfig):
         self.rope_theta = rope_theta
         self.initializer_range = initializer_range
         self.use_cache = use_cache
-        self._validate()
+        self._validate(tie_word_embeddings)
         if adaptive_input or self.adaptive_softmax_cutoffs:
             # Adaptive layers tie through tie_adaptive_weights/tie_adaptive_proj, never through a plain lm_head.
             tie_word_embeddings = False
@@ -163,7 +163,7 @@ class AlibiConfig(PreTrainedConfig):
         """Width of the final hidden state fed to the output layer."""
         return self.output_embedding_size or self.hidden_size
 
-    def _validate(self) -> None:
+    def _validate(self, tie_word_embeddings: bool) -> None:
         """Raise ValueError naming the offending option and the fix; called once from __init__."""
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             value = getattr(self, name)
@@ -191,13 +191,20 @@ class AlibiConfig(PreTrainedConfig):
         if self.position_encoding == "rotary" and self.head_dim % 2:
             raise ValueError(f'position_encoding="rotary" needs an even head dim, got {self.head_dim}.')
         self._validate_adaptive()
+        adaptive = self.adaptive_input or self.adaptive_softmax_cutoffs
+        if tie_word_embeddings and not adaptive and self.input_dim != self.output_dim:
+            raise ValueError(
+                f"tie_word_embeddings needs input_embedding_size == output_embedding_size, got {self.input_dim} and "
+                f"{self.output_dim}; set tie_word_embeddings=False."
+            )
 
     def _validate_adaptive(self) -> None:
         for name in ("adaptive_input_cutoffs", "adaptive_softmax_cutoffs"):
             cutoffs = getattr(self, name)
             if cutoffs is None:
                 continue
-            if any(not 0 < a < b for a, b in zip([0] + cutoffs, cutoffs + [self.vocab_size])):
+            edges = [0, *cutoffs, self.vocab_size]
+            if any(a >= b for a, b in zip(edges[:-1], edges[1:])):
                 raise ValueError(
                     f"{name}={cutoffs} must be strictly increasing and below vocab_size={self.vocab_size}."
                 )

@@ -524,6 +524,14 @@ class AlibiPreTrainedModel(PreTrainedModel):
     _supports_flash_attn_2 = True  # the transformers 4.x name
     _supports_cache_class = True
 
+    def _check_and_adjust_attn_implementation(
+        self, attn_implementation: str | None, is_init_check: bool = False, **kwargs: Any
+    ) -> str:
+        # Our own check first: transformers would otherwise look for a hub kernel, which has no ALiBi.
+        if attn_implementation == "flash_attention_2" and flash_attn_func is None:
+            raise ImportError('attn_implementation="flash_attention_2" needs flash-attn>=2.4: pip install "alibi-lm[flash]".')
+        return super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, **kwargs)
+
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """Resolve `attn_implementation`; None picks the fastest correct backend for this machine."""
         if requested_attention is None:
