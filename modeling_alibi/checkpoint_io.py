@@ -115,7 +115,7 @@ def _safe_torch_load(path: str) -> Any:
         offending = _unsafe_globals(path, str(err))
         if offending:
             raise UnsafeCheckpointError(
-                f"Refusing to load {path}: its pickle needs {', '.join(offending)}, which is not on the "
+                f"Refusing to load {path}: its pickle needs the global(s) {', '.join(offending)}, outside the "
                 f"allow-list ({', '.join(_qualname(g) for g in LEGACY_SAFE_GLOBALS)}). Loading it could run "
                 "arbitrary code. Nothing was executed. Only use such a file if you trust its source, and "
                 "re-save its 'cfg'/'args' and 'model' entries as plain dicts and tensors."

@@ -231,9 +231,10 @@ def encode_lines(tokenizer: PreTrainedTokenizerFast, lines: Iterable[str], appen
         raise ValueError("The tokenizer has no eos_token_id; set tokenizer.eos_token or pass append_eos=False.")
     batch = tokenizer(lines, add_special_tokens=False)["input_ids"] if lines else []
     word_level = _word_level_vocab(tokenizer)
+    specials = tokenizer.all_special_tokens
     stream: list[int] = []
     for line, ids in zip(lines, batch):
-        if word_level is not None and _has_glued_special(line, tokenizer):
+        if word_level is not None and _has_glued_special(line, specials):
             vocab, unk = word_level
             ids = [vocab.get(word, unk) for word in line.split()]
         stream.extend(ids)
@@ -254,8 +255,8 @@ def _word_level_vocab(tokenizer: PreTrainedTokenizerFast) -> tuple[dict[str, int
     return tokenizer.get_vocab(), tokenizer.unk_token_id
 
 
-def _has_glued_special(line: str, tokenizer: PreTrainedTokenizerFast) -> bool:
-    specials = tokenizer.all_special_tokens
+def _has_glued_special(line: str, specials: list[str]) -> bool:
+    """True when a special symbol is part of a longer word: the tokenizer would split it off, fairseq would not."""
     if not any(s in line for s in specials):
         return False
     return any(s in word and s != word for word in line.split() for s in specials)

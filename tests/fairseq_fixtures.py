@@ -206,9 +206,14 @@ def _random_weight(key: str, shape: tuple[int, ...], gen: torch.Generator) -> to
         return 1.0 + 0.2 * noise if key.endswith("weight") else 0.1 * noise
     if key.endswith("bias"):
         return 0.1 * noise
-    if "embed_tokens.weight" in key or key.endswith(".0.weight") and "embeddings" in key:
+    if "embed_tokens.weight" in key:
         return noise * shape[1] ** -0.5  # fairseq's embedding init scale
-    return noise * shape[-1] ** -0.5  # fan-in scaling keeps activations O(1)
+    if "embeddings" in key and key.endswith(".0.weight"):
+        # Half fairseq's scale: with no final LayerNorm (wt103) the tied tables set the logit scale, and this
+        # keeps log-probs in a trained model's range (about -25..0), where fp32 parity at 1e-5 is meaningful.
+        return noise * 0.5 * shape[1] ** -0.5
+    # Xavier scale: the adaptive projections are used both ways (input, and transposed in the softmax tails).
+    return noise * (2.0 / sum(shape)) ** 0.5
 
 
 def _zero_padding_rows(sd: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,143 @@
+"""fairseq dict.txt parsing/building and the fast word-level tokenizer (fairseq's encoding rules)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+from transformers import AutoTokenizer
+
+from modeling_alibi.tokenization import (
+    FairseqDictionary,
+    build_fairseq_dictionary,
+    encode_file,
+    encode_lines,
+    fairseq_tokenizer,
+    read_lines,
+    split_lines,
+    write_fairseq_dictionary,
+)
+
+WT103 = Path("/work/shared/data/wikitext-103")
+
+
+@pytest.fixture(scope="module")
+def wt103_dict(tmp_path_factory) -> Path:
+    """dict.txt built from the WikiText-103 train prefix with fairseq-preprocess's rules."""
+    path = tmp_path_factory.mktemp("wt103") / "dict.txt"
+    write_fairseq_dictionary(build_fairseq_dictionary(WT103 / "wiki.train.prefix.tokens"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wt103_tokenizer(wt103_dict):
+    return fairseq_tokenizer(wt103_dict)
+
+
+def _dict(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dict.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_dictionary_ids_follow_fairseq(tmp_path) -> None:
+    d = FairseqDictionary.load(_dict(tmp_path, "the 10\n, 7\nsome word 3\n"))
+    assert d.symbols == ["<s>", "<pad>", "</s>", "<unk>", "the", ",", "some word"]
+    assert (d.index("the"), d.index(","), d.index("nope"), d.index("<unk>"), d.index("</s>")) == (4, 5, 3, 3, 2)
+    assert d.encode_line(" the  , zzz \n") == [4, 5, 3, 2]
+    assert d.encode_line("   ") == [2]  # a blank line is a lone </s>
+
+
+def test_overwrite_flag_gives_a_new_id(tmp_path) -> None:
+    d = FairseqDictionary.load(_dict(tmp_path, "a 5\nb 4\na 3 #fairseq:overwrite\n"))
+    assert len(d) == 7 and d.symbols[6] == "a"
+    assert d.index("a") == 6  # the last definition wins, as in fairseq's add_symbol(overwrite=True)
+    tok = fairseq_tokenizer(d)
+    assert tok("a b")["input_ids"] == [6, 5, 2]
+
+
+@pytest.mark.parametrize(
+    "text, lineno, match",
+    [
+        ("a 5\nb 4\na 3\n", 3, "duplicate symbol 'a'"),
+        ("a 5\nb\n", 2, "malformed"),
+        ("a 5\nb x\n", 2, "malformed"),
+        ("a 5\n\nb 4\n", 2, "malformed"),
+        ("a 5\n<unk> 9\n", 2, "duplicate symbol '<unk>'"),
+        ("<unk> 9 #fairseq:overwrite\n", 1, "special symbol"),
+    ],
+)
+def test_bad_dictionary_lines(tmp_path, text: str, lineno: int, match: str) -> None:
+    path = _dict(tmp_path, text)
+    with pytest.raises(ValueError, match=match) as info:
+        FairseqDictionary.load(path)
+    assert f"{path}:{lineno}:" in str(info.value)
+
+
+def test_build_rules_sort_ties_and_padding() -> None:
+    lines = ["b a c a", "é z B <unk> <unk>", "", "a </s> c"]
+    entries = build_fairseq_dictionary(lines=lines)
+    # count descending, then code point: 'B' (66) < 'b' < 'z' < 'é'; specials counted but never written
+    assert entries[:6] == [("a", 3), ("c", 2), ("B", 1), ("b", 1), ("z", 1), ("é", 1)]
+    assert entries[6:] == [(f"madeupword{i:04d}", 0) for i in range(6)]  # 4 + 6 words + 6 = 16
+
+
+def test_build_padding_skips_existing_madeupword() -> None:
+    entries = build_fairseq_dictionary(lines=["madeupword0000 x"])
+    assert [w for w, _ in entries] == ["madeupword0000", "x", "madeupword0001", "madeupword0002"]
+    assert entries[2:] == [("madeupword0001", 0), ("madeupword0002", 0)]
+
+
+def test_build_threshold_and_nwords() -> None:
+    lines = ["a a a b b c"]
+    assert [w for w, _ in build_fairseq_dictionary(lines=lines, threshold=2, padding_factor=1)] == ["a", "b"]
+    assert [w for w, _ in build_fairseq_dictionary(lines=lines, nwords=5, padding_factor=1)] == ["a"]
+    with pytest.raises(ValueError, match="needs `paths`"):
+        build_fairseq_dictionary()
+
+
+def test_wikitext103_token_counts_match_published(wt103_dict, wt103_tokenizer) -> None:
+    """fairseq-preprocess on WikiText-103 gives 217,646 valid and 245,569 test tokens."""
+    d = FairseqDictionary.load(wt103_dict)
+    assert len(d) % 8 == 0
+    for split, expected in (("valid", 217_646), ("test", 245_569)):
+        stream = encode_file(wt103_tokenizer, WT103 / f"wiki.{split}.tokens")
+        assert len(stream) == expected
+        python_stream = [i for line in read_lines(WT103 / f"wiki.{split}.tokens") for i in d.encode_line(line)]
+        assert stream == python_stream  # the fast tokenizer equals fairseq's Dictionary.encode_line
+
+
+def test_tokenizer_round_trip_offline(tmp_path, wt103_tokenizer) -> None:
+    wt103_tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").exists()
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = tok(" = Valkyria Chronicles III = ")["input_ids"]
+    assert ids[-1] == 2 and 3 not in ids
+    assert tok.decode(ids) == "= Valkyria Chronicles III = </s>"
+    assert tok.decode(ids, skip_special_tokens=True) == "= Valkyria Chronicles III ="
+    assert tok("<unk> qqqzzzunseen")["input_ids"] == [3, 3, 2]
+    assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+    assert len(tok) == len(wt103_tokenizer)
+    batch = tok(["the cat", "the"], padding=True)
+    assert batch["input_ids"][1][-1] == 1 and batch["attention_mask"][1] == [1, 1, 0]
+
+
+def test_encode_lines_fairseq_corner_cases(wt103_tokenizer) -> None:
+    d_unk, eos = 3, 2
+    the = wt103_tokenizer.convert_tokens_to_ids("the")
+    # blank line -> lone </s>; \x1c-\x1f split words in Python (fairseq) but are not Unicode White_Space
+    assert encode_lines(wt103_tokenizer, ["the\n", "", " \n", "the\x1cthe"]) == [the, eos, eos, eos, the, the, eos]
+    # a special glued to a word is one unknown word for fairseq (the tokenizer alone would split it)
+    assert encode_lines(wt103_tokenizer, ["the<unk> the"]) == [d_unk, the, eos]
+    assert encode_lines(wt103_tokenizer, []) == []
+
+
+def test_line_splitting_semantics(tmp_path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"a\r\nb\rc\n\nd\x0ce")
+    assert list(read_lines(path)) == ["a", "b", "c", "", "d\x0ce"]  # universal newlines only, like readline
+    assert split_lines("x\ny\n") == ["x", "y"]
+    assert split_lines("") == [""]  # a Hugging Face wikitext row "" is one blank line
