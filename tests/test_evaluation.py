@@ -29,7 +29,7 @@ from modeling_alibi.tokenization import (
 )
 
 EOS, PAD = 2, 1
-WT103_VALID = Path("/work/shared/data/wikitext-103/wiki.valid.tokens")
+WT103_VALID = Path(__file__).resolve().parents[1] / "data" / "wikitext-103" / "wiki.valid.tokens"
 
 
 class ContextFakeLM(nn.Module):

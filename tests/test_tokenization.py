@@ -21,7 +21,7 @@ from modeling_alibi.tokenization import (
     write_fairseq_dictionary,
 )
 
-WT103 = Path("/work/shared/data/wikitext-103")
+WT103 = Path(__file__).resolve().parents[1] / "data" / "wikitext-103"
 
 
 @pytest.fixture(scope="module")
