@@ -1,0 +1,498 @@
+"""Train an ALiBi language model with Accelerate: `TrainArguments`, `parse_args`, `get_dataloaders`, `train`.
+
+    accelerate launch --config_file configuration/accelerate/single_gpu.yaml \\
+        scripts/train.py --config configuration/train/gutenberg-small-h100.yaml --max_steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.logging import get_logger
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_scheduler,
+)
+
+from .configuration_alibi import AlibiConfig
+from .data import TextSource, build_lm_dataset, collate_blocks, expand_files, load_or_train_tokenizer
+
+logger = get_logger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = REPO / "configuration" / "models"
+
+
+@dataclass
+class TrainArguments:
+    """Everything a training run needs; YAML presets in configuration/train/ set these fields by name."""
+
+    # Model
+    model: str = field(default="tiny", metadata={"help": "A preset name in configuration/models/ (e.g. 'tiny'), "
+                       "an AlibiConfig JSON file, or a save_pretrained folder whose weights training continues from."})
+    position_encoding: Literal["alibi", "sinusoidal", "rotary", "learned", "none"] | None = field(
+        default=None, metadata={"help": "Override the config's position encoding (baselines for comparisons)."})
+    dropout: float | None = field(
+        default=None, metadata={"help": "Override hidden, attention and activation dropout at once (0 = off)."})
+    attn_implementation: Literal["eager", "sdpa", "flex_attention", "flash_attention_2"] | None = field(
+        default=None, metadata={"help": "Attention backend; None keeps the model's default (sdpa)."})
+    # Data
+    train_files: list[str] = field(default_factory=list, metadata={
+        "help": "Training text: .txt, .jsonl ('text' field), optionally .xz/.gz; glob patterns allowed."})
+    validation_files: list[str] = field(default_factory=list, metadata={"help": "Validation text, same formats."})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "A Hugging Face Hub dataset with a 'text' column, used instead of train/validation files."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_split: str = field(default="train", metadata={"help": "Hub split to train on."})
+    validation_split: str | None = field(default="validation", metadata={"help": "Hub split to validate on."})
+    text_mode: Literal["line", "document"] = field(default="line", metadata={
+        "help": "'line': each line gets an end-of-sequence token (fairseq, WikiText); 'document': each "
+                "blank-line-separated block does, its lines kept with their newlines."})
+    cache_dir: str = field(default=".cache/alibi-lm", metadata={"help": "Where tokenizers and packed data are cached."})
+    preprocessing_num_proc: int | None = field(default=None, metadata={
+        "help": "Tokenization processes; None uses all cores (one for small inputs)."})
+    # Tokenizer
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "A saved Hugging Face tokenizer (folder or Hub name). None trains one on the training text."})
+    tokenizer_type: Literal["bpe", "wordlevel"] = field(default="bpe", metadata={
+        "help": "Tokenizer to train when `tokenizer` is None: byte-level BPE or a fairseq-style word vocabulary."})
+    vocab_size: int | None = field(default=16384, metadata={
+        "help": "Size of the trained tokenizer (specials included); None keeps every word (wordlevel only)."})
+    # Batches
+    seq_len: int = field(default=512, metadata={"help": "Training length L: tokens per packed block."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per process per micro-batch."})
+    per_device_eval_batch_size: int | None = field(default=None, metadata={"help": "Defaults to the train size."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    # Optimizer and schedule
+    learning_rate: float = field(default=3e-4, metadata={"help": "Peak learning rate of AdamW."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay on matrices (not biases or norms)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (fairseq LM recipes use 0.98)."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 disables it."})
+    lr_scheduler_type: Literal["cosine", "linear", "constant_with_warmup"] = field(
+        default="cosine", metadata={"help": "Decay after the linear warmup."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps (the first budget reached wins)."})
+    max_train_tokens: int | None = field(default=None, metadata={
+        "help": "Token budget, turned into steps of seq_len x batch x accumulation x processes tokens. "
+                "With neither budget the run makes one pass over the training data."})
+    # Runtime
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(default=None, metadata={
+        "help": "Autocast precision; None takes it from `accelerate launch` / `accelerate config`."})
+    seed: int = field(default=0, metadata={"help": "Seed of weight init, data order and dropout."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    # Evaluation, logging, checkpoints
+    eval_every: int = field(default=0, metadata={"help": "Validate every N steps and at the end; 0 = only at the end."})
+    eval_batches: int | None = field(default=None, metadata={"help": "Validation batches per process; None = all."})
+    log_every: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    save_every: int = field(default=0, metadata={"help": "save_state to output_dir/checkpoints/step_N every N steps."})
+    output_dir: str = field(default="outputs/alibi-lm", metadata={"help": "Checkpoints, logs and final/ go here."})
+    resume: str | None = field(default=None, metadata={
+        "help": "'latest' (the newest checkpoint in output_dir, or a fresh start if none) or a checkpoint folder."})
+    report_to: Literal["tensorboard", "none"] = field(default="tensorboard", metadata={
+        "help": "Experiment tracker for accelerator.log; metrics.jsonl in output_dir is always written."})
+
+    def __post_init__(self) -> None:
+        positive = ("seq_len", "per_device_train_batch_size", "gradient_accumulation_steps", "log_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
+        for name in ("max_steps", "max_train_tokens", "per_device_eval_batch_size", "eval_batches"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive, or left unset.")
+        if bool(self.train_files) == bool(self.dataset_name):
+            raise ValueError("Give training text with train_files (local files) or dataset_name (Hub), exactly one.")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must lie in [0, 1).")
+        if self.resume is not None and self.resume != "latest" and not Path(self.resume).is_dir():
+            raise ValueError(f"resume={self.resume!r} is neither 'latest' nor an existing checkpoint folder.")
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArguments:
+    """Parse command-line flags; `--config file.yaml` supplies defaults that the flags then override."""
+    parser = HfArgumentParser(TrainArguments, description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, help="YAML file of TrainArguments fields; command-line flags win.")
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        parser.set_defaults(**_yaml_defaults(parser, known.config))
+    args, _ = parser.parse_args_into_dataclasses(argv)
+    return args
+
+
+def _yaml_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """Read a YAML preset, naming unknown keys, and convert each value with its flag's type and choices."""
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of TrainArguments fields, got {type(values).__name__}.")
+    names = [f.name for f in dataclasses.fields(TrainArguments)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else " See `alibi-lm train --help` for the fields."
+            raise ValueError(f"{path}: unknown key {key!r}.{hint}")
+    actions = {action.dest: action for action in parser._actions}
+    return {key: _convert(actions[key], value, f"{path}: {key}") for key, value in values.items()}
+
+
+def _convert(action: argparse.Action, value: Any, where: str) -> Any:
+    if value is None or action.type is None:
+        return value
+    if isinstance(value, list):
+        return [_convert(action, item, where) for item in value]
+    try:  # YAML reads 3e-4 as a string and `true` as a bool: go through the flag's own string parser
+        converted = action.type(str(value))
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+        raise ValueError(f"{where}: cannot read {value!r} ({error}).") from error
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f"{where}: {value!r} is not one of {list(action.choices)}.")
+    return converted
+
+
+def make_accelerator(args: TrainArguments) -> Accelerator:
+    """The Accelerator of a run; distributed settings come from `accelerate launch`."""
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        # Accumulation windows run across epoch ends, so every update sees the same number of micro-batches and
+        # step N always covers micro-batches N*k .. N*k+k-1: what makes resuming mid-epoch exact.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        # Epoch e is shuffled with seed + e on every process: the same order however many processes read it.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+    )
+
+
+def _text_source(args: TrainArguments, split: Literal["train", "validation"]) -> TextSource | None:
+    files = args.train_files if split == "train" else args.validation_files
+    if files:
+        return TextSource(files=expand_files(files), text_mode=args.text_mode, split=split)
+    hub_split = args.train_split if split == "train" else args.validation_split
+    if args.dataset_name and hub_split:
+        return TextSource(hub_name=args.dataset_name, hub_config=args.dataset_config_name, split=hub_split)
+    return None
+
+
+def _pretrained_dir(model: str) -> Path | None:
+    path = Path(model)
+    return path if (path / "config.json").is_file() else None
+
+
+def get_tokenizer(accelerator: Accelerator, args: TrainArguments) -> PreTrainedTokenizerBase:
+    """The given tokenizer, else the pretrained model's, else one trained on the training text (cached)."""
+    if args.tokenizer:
+        return AutoTokenizer.from_pretrained(args.tokenizer)
+    pretrained = _pretrained_dir(args.model)
+    if pretrained and (pretrained / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(pretrained)
+    with accelerator.main_process_first():  # one process trains and caches, the others then load the cache
+        return load_or_train_tokenizer(
+            _text_source(args, "train"), args.tokenizer_type, args.vocab_size, args.cache_dir
+        )
+
+
+def get_dataloaders(
+    accelerator: Accelerator, args: TrainArguments, tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[DataLoader, DataLoader | None]:
+    """Unprepared train and validation (None without validation text) loaders of packed (b, L) blocks."""
+    tokenizer = tokenizer or get_tokenizer(accelerator, args)
+    blocks = {}
+    with accelerator.main_process_first():  # the main process builds the cache, the others load it
+        for split in ("train", "validation"):
+            source = _text_source(args, split)
+            if source is not None:
+                data = build_lm_dataset(source, tokenizer, args.seq_len, args.cache_dir, args.preprocessing_num_proc)
+                blocks[split] = data.with_format("torch")
+    common = dict(collate_fn=collate_blocks, num_workers=args.dataloader_num_workers)
+    train = DataLoader(
+        blocks["train"],
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,  # full batches only: every step averages the same number of blocks on every process
+        # A private generator: DataLoader draws a base seed at each new iterator, and drawing it from the global
+        # RNG would shift dropout after a resume, which opens its iterator at a different moment.
+        generator=torch.Generator().manual_seed(args.seed),
+        **common,
+    )
+    if "validation" not in blocks:
+        return train, None
+    batch_size = args.per_device_eval_batch_size or args.per_device_train_batch_size
+    # Its own generator too, for the same reason: evaluating must not move the global RNG.
+    validation = DataLoader(blocks["validation"], batch_size=batch_size, generator=torch.Generator(), **common)
+    return train, validation
+
+
+def build_model(args: TrainArguments, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A fresh model from a preset (vocabulary sized to the tokenizer), or a pretrained one to continue."""
+    overrides: dict[str, Any] = {
+        "train_seq_len": args.seq_len,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if args.position_encoding is not None:
+        overrides["position_encoding"] = args.position_encoding
+    if args.dropout is not None:
+        overrides.update(hidden_dropout=args.dropout, attention_dropout=args.dropout, activation_dropout=args.dropout)
+    kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    pretrained = _pretrained_dir(args.model)
+    if pretrained is not None:
+        model = AutoModelForCausalLM.from_pretrained(pretrained, **overrides, **kwargs)
+        if model.config.vocab_size < len(tokenizer):
+            raise ValueError(f"{pretrained} has vocab_size={model.config.vocab_size} but the tokenizer has "
+                             f"{len(tokenizer)} tokens; train with the model's own tokenizer.")
+        return model.train()
+    path = Path(args.model) if args.model.endswith(".json") else PRESETS / f"{args.model}.json"
+    if not path.is_file():
+        presets = sorted(p.stem for p in PRESETS.glob("*.json"))
+        raise ValueError(f"model={args.model!r}: no file {path}. Give a JSON path or one of the presets {presets}.")
+    fields = {**json.loads(path.read_text(encoding="utf-8")), **overrides, "vocab_size": len(tokenizer)}
+    if fields.get("position_encoding") == "learned" and not fields.get("max_position_embeddings"):
+        fields["max_position_embeddings"] = args.seq_len  # learned positions exist only up to the training length
+    return AutoModelForCausalLM.from_config(AlibiConfig(**fields), **kwargs).train()
+
+
+def build_optimizer(model: torch.nn.Module, args: TrainArguments, device: torch.device) -> torch.optim.AdamW:
+    """AdamW decaying matrices only: decay on biases and norm gains only pulls them to zero (GPT-2, nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    betas = (args.adam_beta1, args.adam_beta2)
+    fused = device.type == "cuda"  # one kernel for all parameters; not available on every CPU build
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon, fused=fused)
+
+
+def total_steps(args: TrainArguments, batches_per_epoch: int, num_processes: int) -> int:
+    """Optimizer steps of the run: the smaller of max_steps and the token budget, or one pass over the data."""
+    budgets = [args.max_steps] if args.max_steps is not None else []
+    if args.max_train_tokens is not None:
+        budgets.append(math.ceil(args.max_train_tokens / _tokens_per_step(args, num_processes)))
+    return min(budgets) if budgets else max(1, batches_per_epoch // args.gradient_accumulation_steps)
+
+
+def _tokens_per_step(args: TrainArguments, num_processes: int) -> int:
+    return args.seq_len * args.per_device_train_batch_size * args.gradient_accumulation_steps * num_processes
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, max_batches: int | None) -> float:
+    """Mean token loss (nats) over the validation blocks, across processes."""
+    model.eval()
+    losses = []
+    for index, batch in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        loss = model(**batch, use_cache=False).loss.float()
+        # One copy per block, so gather_for_metrics can drop the blocks that pad the last batch. All blocks
+        # have L tokens, so the mean over blocks is the mean over tokens.
+        losses.append(accelerator.gather_for_metrics(loss.repeat(len(batch["input_ids"]))))
+    model.train()
+    return torch.cat(losses).mean().item()
+
+
+def _checkpoints(output_dir: str) -> list[Path]:
+    """Complete checkpoints (progress.json is written last), oldest first."""
+    found = Path(output_dir, "checkpoints").glob("step_*/progress.json")
+    return sorted((p.parent for p in found), key=lambda p: int(p.name.removeprefix("step_")))
+
+
+def save_checkpoint(accelerator: Accelerator, args: TrainArguments, step: int) -> Path:
+    """Model, optimizer, scheduler, RNG and grad-scaler state, plus the step, in output_dir/checkpoints/step_N."""
+    path = Path(args.output_dir, "checkpoints", f"step_{step}")
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        path.joinpath("progress.json").write_text(json.dumps({"step": step}))
+    accelerator.wait_for_everyone()
+    return path
+
+
+def resume_from_checkpoint(accelerator: Accelerator, args: TrainArguments) -> int:
+    """Load the checkpoint that `args.resume` names and return its step (0 when starting fresh)."""
+    if args.resume is None:
+        return 0
+    found = _checkpoints(args.output_dir)
+    path = (found[-1] if found else None) if args.resume == "latest" else Path(args.resume)
+    if path is None:
+        logger.info("resume=latest: no checkpoint in %s/checkpoints, starting from step 0", args.output_dir)
+        return 0
+    if not path.joinpath("progress.json").is_file():
+        raise ValueError(f"{path} is not a complete checkpoint (no progress.json); pick another step_N folder.")
+    accelerator.load_state(str(path))
+    step = json.loads(path.joinpath("progress.json").read_text())["step"]
+    logger.info("Resumed from %s at step %d", path, step)
+    return step
+
+
+def _trim_metrics(accelerator: Accelerator, args: TrainArguments, step: int) -> None:
+    """Drop metrics.jsonl rows past `step`, so the file follows this run (a fresh start empties it)."""
+    path = Path(args.output_dir, "metrics.jsonl")
+    if accelerator.is_main_process and path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(row + "\n" for row in rows))
+
+
+def _log(accelerator: Accelerator, args: TrainArguments, metrics: dict[str, float], step: int) -> None:
+    accelerator.log(metrics, step=step)
+    if accelerator.is_main_process:
+        with Path(args.output_dir, "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def train_loop(
+    accelerator: Accelerator,
+    args: TrainArguments,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loaders: tuple[DataLoader, DataLoader | None],
+    step: int,
+    max_steps: int,
+) -> None:
+    """Run optimizer steps `step + 1 .. max_steps`, validating, logging and checkpointing on the way."""
+    train_loader, eval_loader = loaders
+    # Resume position: step N has consumed N * k micro-batches (k = accumulation) of the seeded epoch order.
+    epoch, skip = divmod(step * args.gradient_accumulation_steps, len(train_loader))
+    meter = _Meter(_tokens_per_step(args, accelerator.num_processes), step)
+    bar = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
+    while step < max_steps:
+        train_loader.set_epoch(epoch)
+        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch, use_cache=False).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()  # a no-op inside the accumulation window
+                optimizer.zero_grad(set_to_none=True)
+            meter.losses.append(loss.detach())
+            if not accelerator.sync_gradients:
+                continue
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the schedule follows real updates
+                scheduler.step()
+            step += 1
+            bar.update()
+            if step % args.log_every == 0 or step == max_steps:
+                metrics = meter.read(accelerator, step, scheduler.get_last_lr()[0])
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+                _log(accelerator, args, metrics, step)
+            if eval_loader is not None and (step == max_steps or args.eval_every and step % args.eval_every == 0):
+                eval_loss = evaluate(accelerator, model, eval_loader, args.eval_batches)
+                logger.info("step %d: validation loss %.4f, perplexity %.2f", step, eval_loss, math.exp(eval_loss))
+                _log(accelerator, args, {"eval/loss": eval_loss, "eval/ppl": math.exp(eval_loss)}, step)
+            if args.save_every and step % args.save_every == 0:
+                save_checkpoint(accelerator, args, step)
+            if step >= max_steps:
+                break
+        epoch, skip = epoch + 1, 0
+    bar.close()
+
+
+class _Meter:
+    """Training loss and throughput since the last log line."""
+
+    def __init__(self, tokens_per_step: int, step: int) -> None:
+        self.tokens_per_step, self.step, self.time = tokens_per_step, step, time.perf_counter()
+        self.losses: list[torch.Tensor] = []
+
+    def read(self, accelerator: Accelerator, step: int, lr: float) -> dict[str, float]:
+        loss = accelerator.reduce(torch.stack(self.losses).float().mean(), reduction="mean").item()
+        now = time.perf_counter()
+        tokens_per_s = (step - self.step) * self.tokens_per_step / max(now - self.time, 1e-9)
+        self.step, self.time, self.losses = step, now, []
+        return {"train/loss": loss, "train/lr": lr, "train/tokens": step * self.tokens_per_step,
+                "train/tokens_per_s": tokens_per_s}
+
+
+def export_model(
+    accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: Path
+) -> Path:
+    """save_pretrained the model and tokenizer into `output_dir` (AutoModelForCausalLM loads it)."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # every process takes part: FSDP gathers shards here
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def train(args: TrainArguments) -> Path:
+    """Train as `args` says and return the exported model folder, output_dir/final."""
+    accelerator = make_accelerator(args)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)  # same initial weights on every process and on every run with this seed
+    tokenizer = get_tokenizer(accelerator, args)
+    train_loader, eval_loader = get_dataloaders(accelerator, args, tokenizer)
+    model = build_model(args, tokenizer)
+    optimizer = build_optimizer(model, args, accelerator.device)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    max_steps = total_steps(args, len(train_loader), accelerator.num_processes)
+    # Not passed to prepare(): Accelerate would step it once per process, so the schedule would depend on the
+    # number of processes. Registering it still puts it in save_state/load_state.
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.warmup_steps, max_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    step = resume_from_checkpoint(accelerator, args)
+    _trim_metrics(accelerator, args, step)
+    accelerator.init_trackers("tensorboard", config=_hparams(args))
+    params = sum(p.numel() for p in model.parameters())
+    logger.info("%d parameters, %d processes, %d steps of %d tokens", params, accelerator.num_processes,
+                max_steps, _tokens_per_step(args, accelerator.num_processes))
+    train_loop(accelerator, args, model, optimizer, scheduler, (train_loader, eval_loader), step, max_steps)
+    output = export_model(accelerator, model, tokenizer, Path(args.output_dir, "final"))
+    accelerator.end_training()
+    return output
+
+
+def _hparams(args: TrainArguments) -> dict[str, int | float | str | bool]:
+    """TensorBoard's hparams accept scalars and strings only."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in dataclasses.asdict(args).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`alibi-lm train ...` and `scripts/train.py`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output = train(parse_args(argv))
+    logger.info("Saved the trained model and tokenizer to %s", output)
+    return 0
+
+
+__all__ = [
+    "TrainArguments",
+    "build_model",
+    "build_optimizer",
+    "evaluate",
+    "export_model",
+    "get_dataloaders",
+    "get_tokenizer",
+    "main",
+    "parse_args",
+    "resume_from_checkpoint",
+    "save_checkpoint",
+    "total_steps",
+    "train",
+    "train_loop",
+]

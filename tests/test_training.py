@@ -1,0 +1,233 @@
+"""Training: YAML/flag parsing, a CPU run that exports a loadable model, exact resume, and 2-process DDP parity."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from modeling_alibi import AlibiConfig, training
+from modeling_alibi.training import TrainArguments, parse_args, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator; Accelerate keeps process-wide singletons otherwise."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small training text (about 30 blocks of 32 BPE tokens), a validation text and a tiny model config."""
+    root = tmp_path_factory.mktemp("train")
+    text = (REPO / "data" / "gutenberg-tiny" / "train.txt").read_text(encoding="utf-8")
+    root.joinpath("train.txt").write_text(text[:1_500], encoding="utf-8")
+    root.joinpath("valid.txt").write_text(text[1_500:3_000], encoding="utf-8")
+    root.joinpath("model.json").write_text(json.dumps(TINY_MODEL | {"hidden_dropout": 0.1}))
+    return root
+
+
+def run_args(workdir: Path, output: str, **overrides) -> TrainArguments:
+    fields = dict(
+        model=str(workdir / "model.json"),
+        train_files=[str(workdir / "train.txt")],
+        validation_files=[str(workdir / "valid.txt")],
+        cache_dir=str(workdir / "cache"),
+        vocab_size=300,
+        seq_len=32,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        max_steps=6,
+        eval_batches=2,
+        log_every=1,
+        report_to="none",
+        output_dir=str(workdir / output),
+    )
+    return TrainArguments(**(fields | overrides))
+
+
+def metrics(output_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    rows = [json.loads(line) for line in output_dir.joinpath("metrics.jsonl").read_text().splitlines()]
+    values = [(row["step"], row[key]) for row in rows if key in row]
+    assert len({step for step, _ in values}) == len(values), f"a step is logged twice: {values}"
+    return dict(values)
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "final" / "model.safetensors")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_yaml_sets_defaults_and_flags_win(tmp_path: Path):
+    preset = tmp_path / "run.yaml"
+    preset.write_text(yaml.safe_dump({
+        "train_files": ["a.txt", "b.txt"], "learning_rate": "3e-4", "seq_len": 64,
+        "mixed_precision": "no", "max_steps": 10, "text_mode": "document", "dropout": 0.0,
+    }))
+    args = parse_args(["--config", str(preset), "--seq_len", "128", "--train_files", "c.txt"])
+    assert args.seq_len == 128 and args.train_files == ["c.txt"]  # flags override the file
+    assert args.learning_rate == 3e-4 and isinstance(args.learning_rate, float)  # YAML's "3e-4" string converted
+    assert (args.max_steps, args.text_mode, args.mixed_precision, args.dropout) == (10, "document", "no", 0.0)
+
+
+def test_yaml_unknown_key_is_named(tmp_path: Path):
+    preset = tmp_path / "typo.yaml"
+    preset.write_text("train_files: [a.txt]\nlearnig_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown key 'learnig_rate'.*'learning_rate'"):
+        parse_args(["--config", str(preset)])
+
+
+def test_yaml_bad_choice_and_bad_number_are_named(tmp_path: Path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("train_files: [a.txt]\ntext_mode: paragraph\n")
+    with pytest.raises(ValueError, match=r"text_mode: 'paragraph' is not one of"):
+        parse_args(["--config", str(preset)])
+    preset.write_text("train_files: [a.txt]\nseq_len: long\n")
+    with pytest.raises(ValueError, match=r"seq_len: cannot read 'long'"):
+        parse_args(["--config", str(preset)])
+
+
+def test_arguments_validate_sizes_and_sources():
+    with pytest.raises(ValueError, match="train_files .* or dataset_name"):
+        TrainArguments()
+    with pytest.raises(ValueError, match="seq_len=0"):
+        TrainArguments(train_files=["a.txt"], seq_len=0)
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configuration" / "train").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_train_presets_parse(preset: Path):
+    args = parse_args(["--config", str(preset)])
+    assert args.seq_len > 0 and args.train_files
+    model = REPO / "configuration" / "models" / f"{args.model}.json"
+    assert AlibiConfig.from_json_file(model).position_encoding == "alibi"
+
+
+def test_shipped_model_presets_load():
+    presets = {p.stem: AlibiConfig.from_json_file(p) for p in (REPO / "configuration" / "models").glob("*.json")}
+    paper = presets["wikitext103-paper"]
+    assert (paper.num_hidden_layers, paper.hidden_size, paper.num_attention_heads, paper.vocab_size) == (
+        16, 1024, 8, 267744)
+    assert paper.adaptive_input_cutoffs == paper.adaptive_softmax_cutoffs == [20000, 60000]
+    assert paper.tie_adaptive_proj and paper.normalize_before and not paper.final_layer_norm
+    assert (presets["tiny"].hidden_size, presets["tiny"].num_hidden_layers) == (32, 2)
+
+
+def test_token_budget_sets_the_step_count(workdir: Path):
+    args = run_args(workdir, "unused", max_steps=None, max_train_tokens=1000, gradient_accumulation_steps=2)
+    assert training.total_steps(args, batches_per_epoch=50, num_processes=2) == 2  # ceil(1000 / (32*4*2*2))
+    assert training.total_steps(run_args(workdir, "unused", max_steps=None), 50, 1) == 50  # one epoch
+    both = run_args(workdir, "unused", max_steps=3, max_train_tokens=10_000)  # 79 steps of 128 tokens
+    assert training.total_steps(both, 50, 1) == 3  # whichever budget runs out first
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def test_cpu_run_exports_a_loadable_model(workdir: Path):
+    output = train(run_args(workdir, "export", report_to="tensorboard", eval_every=3, position_encoding="alibi"))
+    assert output == workdir / "export" / "final"
+    model = AutoModelForCausalLM.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert type(model).__name__ == "AlibiForCausalLM"
+    assert model.config.train_seq_len == 32 and model.config.vocab_size == len(tokenizer) == 300
+    ids = tokenizer("It was a dark night.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(torch.cat([ids] * 4, dim=1)).logits  # longer than seq_len: ALiBi has no length cap
+    assert logits.shape == (1, 4 * ids.shape[1], 300) and torch.isfinite(logits).all()
+    losses, evals = metrics(output.parent), metrics(output.parent, "eval/loss")
+    assert sorted(losses) == list(range(1, 7)) and sorted(evals) == [3, 6]
+    assert list(output.parent.joinpath("tensorboard").glob("**/events.out.tfevents.*"))
+    # A fresh run into the same folder starts metrics.jsonl over and, seeded, ends with the same weights.
+    first = final_weights(output.parent)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    train(run_args(workdir, "export", eval_every=3, position_encoding="alibi"))
+    assert metrics(output.parent) == losses
+    for name, tensor in final_weights(output.parent).items():
+        torch.testing.assert_close(tensor, first[name], rtol=0, atol=0, msg=name)
+
+
+def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):
+    # 2 micro-batches per step; the crash comes after step 6, i.e. micro-batch 12, past an epoch end and
+    # mid-epoch, so resuming needs both the next epoch's order and the skip within it.
+    common = dict(max_steps=8, gradient_accumulation_steps=2, save_every=3)
+    reference = train(run_args(workdir, "uninterrupted", **common)).parent
+    (blocks,) = workdir.joinpath("cache").glob("blocks-train-*")
+    batches_per_epoch = len(datasets.load_from_disk(str(blocks))) // 4
+    assert batches_per_epoch < 12 and 12 % batches_per_epoch != 0
+
+    save = training.save_checkpoint
+
+    def save_then_crash(accelerator, args, step):
+        path = save(accelerator, args, step)
+        if step == 6:
+            raise KeyboardInterrupt("simulated preemption")
+        return path
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_args(workdir, "interrupted", **common))
+    monkeypatch.undo()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+    resumed = run_args(workdir, "interrupted", resume="latest", **common)
+    train(resumed)
+    output = Path(resumed.output_dir)
+    assert sorted(p.name for p in output.joinpath("checkpoints").iterdir()) == ["step_3", "step_6"]
+    reference_losses, resumed_losses = metrics(reference), metrics(output)
+    assert list(resumed_losses) == list(range(1, 9))  # steps 7-8 come from the resumed run only
+    torch.testing.assert_close(torch.tensor(list(resumed_losses.values())),
+                               torch.tensor(list(reference_losses.values())), rtol=0, atol=1e-6)
+    for name, tensor in final_weights(reference).items():
+        torch.testing.assert_close(final_weights(output)[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_matches_one_process(workdir: Path):
+    """Same global batch (1 x 4 vs 2 x 2), dropout off: DDP's averaged gradient equals the single-process one."""
+    single = run_args(workdir, "ddp-1", dropout=0.0, max_steps=4)
+    train(single)
+    double = run_args(workdir, "ddp-2", dropout=0.0, max_steps=4, per_device_train_batch_size=2)
+    flags = [f"--{k}={v}" for k, v in vars(double).items() if v is not None and not isinstance(v, list)]
+    flags += ["--train_files", *double.train_files, "--validation_files", *double.validation_files]
+    # `accelerate launch --cpu --num_processes 2` starts several processes only through mpirun; the torchrun
+    # launcher (--multi_gpu) with ACCELERATE_USE_CPU starts 2 CPU processes that join over gloo (MULTI_CPU).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"), *flags]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+                        "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    one, two = metrics(Path(single.output_dir)), metrics(Path(double.output_dir))
+    assert list(two) == [1, 2, 3, 4]
+    torch.testing.assert_close(torch.tensor(list(two.values())), torch.tensor(list(one.values())), rtol=0, atol=1e-4)
+    eval_one, eval_two = metrics(Path(single.output_dir), "eval/loss"), metrics(Path(double.output_dir), "eval/loss")
+    assert abs(eval_one[4] - eval_two[4]) < 1e-4
+    for name, tensor in final_weights(Path(single.output_dir)).items():
+        torch.testing.assert_close(final_weights(Path(double.output_dir))[name], tensor, rtol=0, atol=1e-4, msg=name)
