@@ -237,6 +237,23 @@ def _tokenize_batch(batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerF
     return {"input_ids": [ids + [tokenizer.eos_token_id] for ids in encoded]}
 
 
+def encode_corpus(
+    paths: Sequence[str | Path], tokenizer: PreTrainedTokenizerFast, text_mode: TextMode = "line", batch_size: int = 1024
+) -> list[int]:
+    """One token stream of local files, encoded as training encodes them: every record, then end-of-sequence.
+
+    Evaluation of a model trained with `text_mode="document"` must read its test text the same way; for
+    fairseq's per-line `</s>` stream of word-level data, `tokenization.encode_file` is the exact equivalent.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no eos_token; set one (e.g. tokenizer.eos_token = '</s>') and save it.")
+    records, stream = list(read_records(paths, text_mode)), []
+    for start in range(0, len(records), batch_size):
+        for ids in _tokenize_batch({"text": records[start : start + batch_size]}, tokenizer)["input_ids"]:
+            stream.extend(ids)
+    return stream
+
+
 def pack_blocks(tokenized: datasets.Dataset, block_size: int) -> datasets.Dataset:
     """Concatenate every "input_ids" row into one stream and cut it into rows of exactly `block_size` tokens.
 
@@ -288,6 +305,7 @@ __all__ = [
     "TextSource",
     "build_lm_dataset",
     "collate_blocks",
+    "encode_corpus",
     "expand_files",
     "load_or_train_tokenizer",
     "pack_blocks",

@@ -14,6 +14,7 @@ from modeling_alibi.data import (
     TextSource,
     build_lm_dataset,
     collate_blocks,
+    encode_corpus,
     expand_files,
     load_or_train_tokenizer,
     pack_blocks,
@@ -118,6 +119,14 @@ def test_document_mode_puts_one_eos_after_each_document(tmp_path: Path, bpe):
     # Byte-level BPE is lossless: the tokens between two eos decode to exactly one document, newlines included.
     documents = [bpe.decode(stream[a + 1 : b]) for a, b in zip([-1] + eos_positions, eos_positions)]
     assert documents == TEXT.strip("\n").split("\n\n") * 3
+
+
+def test_encode_corpus_is_the_training_stream_before_packing(tmp_path: Path, bpe):
+    """Evaluation reads text as training does: the unpacked stream equals encode_corpus, in both modes."""
+    path = write(tmp_path / "books.txt", "\n".join([TEXT] * 3))
+    for mode in ("line", "document"):
+        tokenized = tokenize_records(TextSource(files=(str(path),), text_mode=mode).load(tmp_path / mode), bpe)
+        assert encode_corpus([path], bpe, mode, batch_size=2) == [t for row in tokenized["input_ids"] for t in row]
 
 
 def test_tokenize_records_multiprocess_equals_single(corpus: str, bpe):
