@@ -51,6 +51,16 @@ class AlibiConfig(PreTrainedConfig):
             `"learned"` (needs `max_position_embeddings`, which it caps the length to) or `"none"`.
         alibi_bias_max: The slopes are 2^(-alibi_bias_max * h / H) for h = 1..H (8 in the paper).
         train_seq_len: The sequence length the model was trained on. Metadata only: never a length cap.
+        attention_window: If set to W, each query sees only keys at real-position distance i - j < W, in every
+            backend, and the key/value cache keeps only the last W - 1 keys per layer, so streaming generation runs
+            in constant memory. Exposed to transformers as `sliding_window`, which makes `DynamicCache(config=...)`
+            and `StaticCache` build sliding-window layers. The cache drops keys by slot, so it matches the
+            uncached model exactly under left padding (as generate() pads), not with padding inside a sequence.
+            A sliding `StaticCache` hands attention a span of keys that moves each step, so compiled decoding with
+            it runs on dynamic shapes (one recompile). None (default): full causal attention.
+        alibi_truncation: If set to T, head h ignores keys at distance > T / m_h: their ALiBi penalty exceeds T,
+            so each carries at most e^-T of the weight of an equally scored key at distance 0. An approximation
+            that lets FlexAttention skip whole blocks; not supported by flash-attn. None (default) keeps every key.
         max_position_embeddings: Only for `position_encoding="learned"`. Left None otherwise, because
             `generate()` clamps its length to this value when it is set.
         rope_theta: Base of the rotary frequencies for `position_encoding="rotary"`.
@@ -60,6 +70,8 @@ class AlibiConfig(PreTrainedConfig):
 
     model_type = "alibi"
     keys_to_ignore_at_inference = ["past_key_values"]
+    # transformers' caches read `sliding_window` to decide whether a layer keeps only its last keys.
+    attribute_map = {"sliding_window": "attention_window"}
 
     def __init__(
         self,
@@ -91,6 +103,8 @@ class AlibiConfig(PreTrainedConfig):
         position_encoding: str = "alibi",
         alibi_bias_max: float = 8.0,
         train_seq_len: int | None = None,
+        attention_window: int | None = None,
+        alibi_truncation: float | None = None,
         max_position_embeddings: int | None = None,
         rope_theta: float = 10000.0,
         initializer_range: float = 0.02,
@@ -127,6 +141,8 @@ class AlibiConfig(PreTrainedConfig):
         self.position_encoding = position_encoding
         self.alibi_bias_max = alibi_bias_max
         self.train_seq_len = train_seq_len
+        self.attention_window = attention_window
+        self.alibi_truncation = alibi_truncation
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
         self.initializer_range = initializer_range
@@ -186,6 +202,7 @@ class AlibiConfig(PreTrainedConfig):
             raise ValueError(f"alibi_bias_max={self.alibi_bias_max} must be positive (the paper uses 8).")
         if self.train_seq_len is not None and self.train_seq_len <= 0:
             raise ValueError(f"train_seq_len={self.train_seq_len} must be a positive length or None.")
+        self._validate_long_context()
         if self.position_encoding == "learned" and not self.max_position_embeddings:
             raise ValueError('position_encoding="learned" needs max_position_embeddings (the longest length).')
         if self.position_encoding == "rotary" and self.head_dim % 2:
@@ -197,6 +214,25 @@ class AlibiConfig(PreTrainedConfig):
                 f"tie_word_embeddings needs input_embedding_size == output_embedding_size, got {self.input_dim} and "
                 f"{self.output_dim}; set tie_word_embeddings=False."
             )
+
+    def _validate_long_context(self) -> None:
+        window, truncation = self.attention_window, self.alibi_truncation
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
+            raise ValueError(
+                f"attention_window={window!r} must be a positive integer (keys per query, the query included) "
+                "or None for full causal attention."
+            )
+        if truncation is not None:
+            if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not truncation > 0:
+                raise ValueError(
+                    f"alibi_truncation={truncation!r} must be a positive threshold T (e.g. 20: dropped keys carry at "
+                    "most e^-20 of the weight) or None to keep every key."
+                )
+            if self.position_encoding != "alibi":
+                raise ValueError(
+                    f'alibi_truncation needs position_encoding="alibi", got {self.position_encoding!r}: the other '
+                    "encodings have no distance penalty to truncate. Set alibi_truncation=None."
+                )
 
     def _validate_adaptive(self) -> None:
         for name in ("adaptive_input_cutoffs", "adaptive_softmax_cutoffs"):

@@ -82,25 +82,41 @@ def alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_position
 class AlibiAttentionMask:
     """Everything an attention backend needs for masking and ALiBi, built once per forward pass.
 
-    Positions count real tokens (cumulative sum of the attention mask), so left padding changes nothing.
+    Positions count real tokens (cumulative sum of the attention mask), so left padding changes nothing. A query
+    at position i may see a key at position j when 0 <= i - j, i - j < `window` (if set), i - j <= the head's
+    `max_distance` (if set) and the key is not padding.
     """
 
     query_positions: torch.Tensor  # (b, q) int64
     key_positions: torch.Tensor  # (b, k) int64
     key_padding: torch.Tensor | None  # (b, k) bool, True at padding; None when nothing is padded
     slopes: torch.Tensor | None  # (h,) fp32; None for the non-ALiBi position encodings
+    query_padding: torch.Tensor | None = None  # (b, q) bool; flash-attn's varlen path compacts queries with it
+    window: int | None = None  # config.attention_window
+    max_distance: torch.Tensor | None = None  # (h,) fp32, T / m_h from config.alibi_truncation
     block_mask: Any = None  # flex_attention's BlockMask, built lazily and shared by all layers
 
+    @property
+    def is_plain_causal(self) -> bool:
+        """No bias, padding, window or truncation: SDPA's built-in causal mask computes the same thing."""
+        return self.slopes is None and self.key_padding is None and self.window is None and self.max_distance is None
+
     def allowed(self, rows: slice = slice(None)) -> torch.Tensor:
-        """Keys each query may see: causal in real positions and not padding. (b, q, k) bool."""
-        allowed = self.key_positions[:, None, :] <= self.query_positions[:, rows, None]  # (b, q, k)
+        """Keys each query may see, as (b, 1, q, k) bool, or (b, h, q, k) when truncation is per head."""
+        distance = self.query_positions[:, rows, None] - self.key_positions[:, None, :]  # (b, q, k)
+        allowed = distance >= 0
+        if self.window is not None:
+            allowed = allowed & (distance < self.window)
         if self.key_padding is not None:
             allowed = allowed & ~self.key_padding[:, None, :]
+        allowed = allowed[:, None]  # (b, 1, q, k)
+        if self.max_distance is not None:
+            allowed = allowed & (distance[:, None] <= self.max_distance[None, :, None, None])  # (b, h, q, k)
         return allowed
 
     def additive(self, rows: slice = slice(None)) -> torch.Tensor:
         """ALiBi bias plus mask for the query `rows`, in fp32: (b, h or 1, q, k)."""
-        allowed = self.allowed(rows)[:, None]  # (b, 1, q, k)
+        allowed = self.allowed(rows)
         if self.slopes is None:
             bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
         else:
@@ -127,7 +143,11 @@ def eager_attention(
     scaling: float,
     dropout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference: scores, bias and softmax in fp32; materializes (b, h, q, k)."""
+    """The reference: scores, bias and softmax in fp32.
+
+    Memory: materializes (b, h, q, k) fp32 scores, bias and weights at once, so it is quadratic in the prompt
+    length; it is never chosen by default (only explicitly, or for `output_attentions=True`).
+    """
     scores = torch.matmul(query, key.transpose(2, 3)).float() * scaling  # (b, h, q, k)
     # The bias is added after scaling, as in the paper and fairseq: it is not divided by sqrt(d).
     weights = torch.softmax(scores + mask.additive(), dim=-1).to(value.dtype)
@@ -146,12 +166,13 @@ def sdpa_attention(
 ) -> tuple[torch.Tensor, None]:
     """torch SDPA with the bias built in fp32 and cast to the query dtype last, in query chunks.
 
-    Peak memory of the bias is bounded by `SDPA_BIAS_BYTES` per chunk, so it grows linearly with the key length
-    instead of quadratically with the sequence length.
+    Memory: each chunk of rows materializes a (b, h, rows, k) bias (and, on CPU, scores of that size) of about
+    `SDPA_BIAS_BYTES`, so the peak grows linearly with the key length k instead of quadratically with the
+    sequence length. With a windowed cache and chunked prefill, k stays below window + chunk: constant memory.
     """
     b, h, q_len, _ = query.shape
     k_len = key.shape[2]
-    if mask.slopes is None and mask.key_padding is None and q_len in (1, k_len):
+    if mask.is_plain_causal and q_len in (1, k_len):
         # Plain causal attention (position-encoding baselines): let SDPA pick its flash kernel.
         return F.scaled_dot_product_attention(
             query, key, value, dropout_p=dropout, is_causal=q_len > 1, scale=scaling
@@ -173,18 +194,29 @@ _compiled_flex_attention = None
 
 
 def _flex_block_mask(mask: AlibiAttentionMask, q_len: int, k_len: int, device: torch.device) -> Any:
-    """Build the (causal + padding) block mask once per forward; every layer reuses it."""
+    """Build the block mask once per forward; every layer reuses it. Fully masked blocks are never computed."""
     if mask.block_mask is None:
         query_positions, key_positions, key_padding = mask.query_positions, mask.key_positions, mask.key_padding
+        window, max_distance = mask.window, mask.max_distance
 
         def mask_mod(b, h, q_idx, kv_idx):
-            allowed = key_positions[b, kv_idx] <= query_positions[b, q_idx]
+            distance = query_positions[b, q_idx] - key_positions[b, kv_idx]
+            allowed = distance >= 0
             if key_padding is not None:
                 allowed = allowed & ~key_padding[b, kv_idx]
+            if window is not None:
+                allowed = allowed & (distance < window)
+            if max_distance is not None:  # ALiBi truncation: a window per head
+                allowed = allowed & (distance <= max_distance[h])
             return allowed
 
         batch = query_positions.shape[0]
-        mask.block_mask = create_block_mask(mask_mod, batch, None, q_len, k_len, device=device)
+        heads = None if max_distance is None else max_distance.shape[0]
+        # A per-head mask built densely needs (b, h, q, k) bools (256 GiB at 65,536 tokens); compiling builds it
+        # block by block.
+        mask.block_mask = create_block_mask(
+            mask_mod, batch, heads, q_len, k_len, device=device, _compile=heads is not None
+        )
     return mask.block_mask
 
 
@@ -237,25 +269,34 @@ def flash_attention_forward(
     """flash-attn with `alibi_slopes` (fp32, bottom-right aligned, so KV-cache offsets are handled in-kernel).
 
     Padded batches are unpadded into a varlen batch: compacting each row's real tokens gives exactly the
-    cumulative-mask positions used by the other backends.
+    cumulative-mask positions used by the other backends (a static cache's empty slots are padding too).
+    `attention_window` W becomes flash-attn's `window_size=(W - 1, 0)`. Memory: no (q, k) tensor at all.
     """
     if flash_attn_func is None:
         raise ImportError('attn_implementation="flash_attention_2" needs flash-attn>=2.4: pip install "alibi-lm[flash]".')
+    if mask.max_distance is not None:
+        raise ValueError(
+            "alibi_truncation needs a window per head, which flash-attn cannot express. Load with "
+            'attn_implementation="flex_attention" (or "sdpa"), or set config.alibi_truncation=None.'
+        )
     b, h, q_len, d = query.shape
     dropout = dropout if module.training else 0.0
     slopes = mask.slopes.to(query.device) if mask.slopes is not None else None
+    # Only when set: unwindowed calls stay exactly as they were.
+    window = {} if mask.window is None else {"window_size": (mask.window - 1, 0)}
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (b, len, h, d), flash-attn's layout
     if mask.key_padding is None:
-        out = flash_attn_func(q, k, v, dropout, softmax_scale=scaling, causal=True, alibi_slopes=slopes)
+        out = flash_attn_func(q, k, v, dropout, softmax_scale=scaling, causal=True, alibi_slopes=slopes, **window)
         return out.transpose(1, 2), None  # (b, h, q, d)
     key_valid = ~mask.key_padding  # (b, k)
-    query_valid = key_valid[:, -q_len:]  # queries are the last q_len keys
+    # Not key_valid[:, -q_len:]: a static cache's keys end in empty slots, after the queries.
+    query_valid = ~mask.query_padding if mask.query_padding is not None else key_valid.new_ones(b, q_len)  # (b, q)
     cu_q = F.pad(query_valid.sum(-1).cumsum(0, dtype=torch.int32), (1, 0))
     cu_k = F.pad(key_valid.sum(-1).cumsum(0, dtype=torch.int32), (1, 0))
     out_packed = flash_attn_varlen_func(
         q[query_valid], k[key_valid], v[key_valid],  # (total, h, d)
         cu_q, cu_k, int(query_valid.sum(-1).max()), int(key_valid.sum(-1).max()),
-        dropout, softmax_scale=scaling, causal=True, alibi_slopes=slopes,
+        dropout, softmax_scale=scaling, causal=True, alibi_slopes=slopes, **window,
     )
     out = q.new_zeros(b, q_len, h, d)
     out[query_valid] = out_packed
@@ -548,6 +589,17 @@ class AlibiPreTrainedModel(PreTrainedModel):
         return requested_attention
 
 
+def _check_attention_mask(attention_mask: torch.Tensor, batch: int, seen: int, static: bool) -> None:
+    """Raise unless the mask is (batch, cached + new tokens); a static cache also takes it padded to its slots."""
+    width = attention_mask.shape[-1]
+    if attention_mask.dim() == 2 and attention_mask.shape[0] == batch and (width == seen or (static and width > seen)):
+        return
+    raise ValueError(
+        f"attention_mask must be a 2-D 0/1 tensor of shape (batch, cached + new tokens) = {(batch, seen)}, "
+        f"got {tuple(attention_mask.shape)}. Pass the mask of the whole sequence so far, as generate() does."
+    )
+
+
 class AlibiModel(AlibiPreTrainedModel):
     """The decoder stack: embeddings, blocks and the optional final LayerNorm. No position embeddings with ALiBi."""
 
@@ -596,12 +648,19 @@ class AlibiModel(AlibiPreTrainedModel):
 
         Args:
             input_ids: Token ids (b, q). Pass exactly one of `input_ids` and `inputs_embeds`.
-            attention_mask: 0/1 mask (b, past + q) over every token seen so far, cached ones included. ALiBi
-                distances count only positions where it is 1, so left padding changes nothing.
-            past_key_values: A `Cache` (a `DynamicCache` is made when `use_cache` and none is given).
+            attention_mask: 0/1 mask (b, past + q) over every token seen so far, cached ones included, even those
+                a sliding-window cache has dropped. ALiBi distances count only positions where it is 1, so left
+                padding changes nothing. With a `StaticCache` it may be padded with zeros to the cache length.
+            past_key_values: A `Cache`. When `use_cache` and none is given, `DynamicCache(config=config)` is made:
+                with `config.attention_window` W its layers keep only the last W - 1 keys.
             inputs_embeds: Unscaled token embeddings (b, q, input dim), as `embed_tokens` returns them.
             kwargs: `cache_position` is accepted for compatibility and not needed: positions come from the
                 cache length and the attention mask.
+
+        Memory: activations are linear in q, and attention (sdpa, flex, flash) linear in the key count; eager
+        is quadratic. For prompts of any length in bounded memory, feed them in chunks with the cache
+        ([`AlibiForCausalLM.prefill`] or `generate(..., prefill_chunk_size=n)`), with `attention_window` set
+        for a cache of constant size too.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
@@ -622,8 +681,7 @@ class AlibiModel(AlibiPreTrainedModel):
         hidden_states = inputs_embeds * self.embed_scale  # fairseq scales before any input projection
         if self.project_in is not None:
             hidden_states = self.project_in(hidden_states)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        mask = self._attention_mask(attention_mask, past_length, hidden_states)
+        mask = self._attention_mask(attention_mask, past_key_values, hidden_states)
         hidden_states, rotary = self._add_positions(hidden_states, mask.query_positions)
         hidden_states = self.dropout(hidden_states)
 
@@ -656,30 +714,48 @@ class AlibiModel(AlibiPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def _attention_mask(
-        self, attention_mask: torch.Tensor | None, past_length: int, hidden_states: torch.Tensor
+        self, attention_mask: torch.Tensor | None, cache: Cache | None, hidden_states: torch.Tensor
     ) -> AlibiAttentionMask:
-        """Real positions of queries and keys from the 2-D mask, or plain indices without one."""
+        """Real positions of this step's queries and of the keys the cache will return, from the 2-D mask.
+
+        A cache may return fewer keys than the sequence has (a sliding-window cache keeps the last ones) or more
+        (a static cache returns all its slots): `get_mask_sizes` says which columns of the mask they are, and
+        columns past the mask's end are empty slots, hence padding. Positions are counted on the whole mask
+        first, so kept keys keep their true positions however many were dropped.
+        """
         batch, q_len = hidden_states.shape[:2]
-        k_len = past_length + q_len
         device = hidden_states.device
+        past_length = cache.get_seq_length() if cache is not None else 0  # an int, or a 0-d tensor (static)
+        kv_length, kv_offset = cache.get_mask_sizes(q_len, 0) if cache is not None else (q_len, 0)
+        static = cache is not None and cache.is_compileable
         if attention_mask is None:
-            key_positions = torch.arange(k_len, device=device).expand(batch, k_len)  # (b, k)
-            key_padding = None
-        else:
-            if attention_mask.dim() != 2 or attention_mask.shape != (batch, k_len):
-                raise ValueError(
-                    f"attention_mask must be a 2-D 0/1 tensor of shape (batch, cached + new tokens) = {(batch, k_len)}, "
-                    f"got {tuple(attention_mask.shape)}. Pass the mask of the whole sequence so far, as generate() does."
-                )
-            attention_mask = attention_mask.to(device)
-            key_positions = attention_mask.long().cumsum(-1) - 1  # (b, k)
-            key_padding = attention_mask == 0
-            if not key_padding.any():
-                key_padding = None
-        slopes = None
+            attention_mask = torch.ones(batch, int(past_length) + q_len, dtype=torch.long, device=device)
+        elif not torch.compiler.is_compiling():
+            _check_attention_mask(attention_mask, batch, int(past_length) + q_len, static)
+        mask = attention_mask.to(device=device, dtype=torch.long)
+        if mask.shape[1] < kv_offset + kv_length:
+            mask = F.pad(mask, (0, kv_offset + kv_length - mask.shape[1]))  # (b, m): empty slots count as padding
+        positions = mask.cumsum(-1) - 1  # (b, m)
+        query_index = torch.arange(q_len, device=device) + past_length  # (q,)
+        key_padding = mask[:, kv_offset : kv_offset + kv_length] == 0  # (b, k)
+        query_padding = mask[:, query_index] == 0  # (b, q)
+        # A static cache always has empty slots until full; skipping the check keeps compiled decode graph-free.
+        if not static and not key_padding.any():
+            key_padding = query_padding = None
+        slopes = max_distance = None
         if self.config.position_encoding == "alibi":
             slopes = alibi_slopes(self.config.num_attention_heads, self.config.alibi_bias_max).to(device)
-        return AlibiAttentionMask(key_positions[:, past_length:], key_positions, key_padding, slopes)
+            if self.config.alibi_truncation is not None:
+                max_distance = self.config.alibi_truncation / slopes  # (h,): the penalty passes T beyond it
+        return AlibiAttentionMask(
+            query_positions=positions[:, query_index],
+            key_positions=positions[:, kv_offset : kv_offset + kv_length],
+            key_padding=key_padding,
+            slopes=slopes,
+            query_padding=query_padding,
+            window=self.config.attention_window,
+            max_distance=max_distance,
+        )
 
     def _add_positions(
         self, hidden_states: torch.Tensor, positions: torch.Tensor
@@ -798,6 +874,70 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        chunk_size: int = 512,
+        past_key_values: Cache | None = None,
+    ) -> tuple[torch.Tensor, Cache]:
+        """Feed a prompt through the model `chunk_size` tokens at a time, filling the cache.
+
+        Peak activation memory depends on `chunk_size`, not on the prompt length; with `config.attention_window`
+        the cache stays bounded too. The result equals one forward over the whole prompt. Inference only (no
+        gradients). `generate` does the same when given `prefill_chunk_size=n`.
+
+        Args:
+            input_ids: The new tokens (b, q).
+            attention_mask: 0/1 mask (b, cached + q) over the cached and the new tokens; None means no padding.
+            chunk_size: Tokens per forward pass.
+            past_key_values: A cache to extend; None starts `DynamicCache(config=config)`.
+
+        Returns:
+            The logits of the last position (b, vocab) and the filled cache.
+        """
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size={chunk_size} must be a positive number of tokens per forward pass.")
+        if past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past, q_len = int(past_key_values.get_seq_length()), input_ids.shape[1]
+        if attention_mask is None:
+            attention_mask = input_ids.new_ones(input_ids.shape[0], past + q_len)
+        logits = None
+        for start in range(0, q_len, chunk_size):
+            end = min(start + chunk_size, q_len)
+            logits = self(
+                input_ids[:, start:end],
+                attention_mask=attention_mask[:, : past + end],
+                past_key_values=past_key_values,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
+        if logits is None:
+            raise ValueError("prefill needs at least one new token in input_ids.")
+        return logits[:, -1], past_key_values
+
+    def create_masks_for_generate(
+        self,
+        config: AlibiConfig,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+        **kwargs: Any,
+    ) -> torch.Tensor | None:
+        """Keep generate()'s 2-D mask for compileable (static) caches instead of its default 4-D causal mask.
+
+        ALiBi positions come from the cumulative 2-D mask, so a 4-D mask would lose them. The mask is padded with
+        zeros to the span of keys the cache returns, which keeps its shape fixed from step to step (one compiled
+        graph) for a `StaticCache`.
+        """
+        if attention_mask is None or attention_mask.dim() != 2 or past_key_values is None:
+            return attention_mask
+        kv_length, kv_offset = past_key_values.get_mask_sizes(inputs_embeds.shape[1], 0)
+        missing = kv_offset + kv_length - attention_mask.shape[1]
+        return F.pad(attention_mask, (0, missing)) if missing > 0 else attention_mask
 
     def _loss(
         self,
