@@ -190,34 +190,87 @@ def sdpa_attention(
     return torch.cat(outputs, dim=2), None
 
 
-_compiled_flex_attention = None
+# Plain causal block masks by (q_len, k_len, offset, window): training calls repeat one shape, and building a
+# block mask costs milliseconds.
+_FLEX_BLOCK_MASKS: dict[tuple[int, int, int, int | None, str], Any] = {}
+
+
+def _index_offset(mask: AlibiAttentionMask) -> torch.Tensor | None:
+    """Without padding, positions are indices shifted by one constant: distance = q_idx + offset - kv_idx.
+
+    Reading two positions per score costs ~15-40% of flex's speed (benchmarks/attention_bench.py), so the
+    unpadded case, which is every training step, uses the offset. Returns a 0-d int64 tensor, or None.
+    """
+    if mask.key_padding is not None:
+        return None
+    return mask.query_positions[0, 0] - mask.key_positions[0, 0]
 
 
 def _flex_block_mask(mask: AlibiAttentionMask, q_len: int, k_len: int, device: torch.device) -> Any:
     """Build the block mask once per forward; every layer reuses it. Fully masked blocks are never computed."""
-    if mask.block_mask is None:
-        query_positions, key_positions, key_padding = mask.query_positions, mask.key_positions, mask.key_padding
-        window, max_distance = mask.window, mask.max_distance
+    if mask.block_mask is not None:
+        return mask.block_mask
+    offset = _index_offset(mask)
+    window, max_distance = mask.window, mask.max_distance
+    cache_key = None
+    if offset is not None and max_distance is None:
+        offset = int(offset)
+        cache_key = (q_len, k_len, offset, window, str(device))
+        if cache_key in _FLEX_BLOCK_MASKS:
+            mask.block_mask = _FLEX_BLOCK_MASKS[cache_key]
+            return mask.block_mask
+    query_positions, key_positions, key_padding = mask.query_positions, mask.key_positions, mask.key_padding
 
-        def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b, h, q_idx, kv_idx):
+        if offset is None:
             distance = query_positions[b, q_idx] - key_positions[b, kv_idx]
-            allowed = distance >= 0
-            if key_padding is not None:
-                allowed = allowed & ~key_padding[b, kv_idx]
-            if window is not None:
-                allowed = allowed & (distance < window)
-            if max_distance is not None:  # ALiBi truncation: a window per head
-                allowed = allowed & (distance <= max_distance[h])
-            return allowed
+        else:
+            distance = q_idx + offset - kv_idx
+        allowed = distance >= 0
+        if key_padding is not None:
+            allowed = allowed & ~key_padding[b, kv_idx]
+        if window is not None:
+            allowed = allowed & (distance < window)
+        if max_distance is not None:  # ALiBi truncation: a window per head
+            allowed = allowed & (distance <= max_distance[h])
+        return allowed
 
-        batch = query_positions.shape[0]
-        heads = None if max_distance is None else max_distance.shape[0]
-        # A per-head mask built densely needs (b, h, q, k) bools (256 GiB at 65,536 tokens); compiling builds it
-        # block by block.
-        mask.block_mask = create_block_mask(
-            mask_mod, batch, heads, q_len, k_len, device=device, _compile=heads is not None
-        )
+    batch = 1 if offset is not None else query_positions.shape[0]
+    heads = None if max_distance is None else max_distance.shape[0]
+    # A per-head mask built densely needs (b, h, q, k) bools (256 GiB at 65,536 tokens); compiling builds it
+    # block by block.
+    mask.block_mask = create_block_mask(mask_mod, batch, heads, q_len, k_len, device=device, _compile=heads is not None)
+    if cache_key is not None:
+        if len(_FLEX_BLOCK_MASKS) >= 16:
+            _FLEX_BLOCK_MASKS.pop(next(iter(_FLEX_BLOCK_MASKS)))
+        _FLEX_BLOCK_MASKS[cache_key] = mask.block_mask
     return mask.block_mask
+
+
+def _flex_alibi(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    block_mask: Any,
+    scaling: float,
+    slopes: torch.Tensor | None,
+    offset: torch.Tensor | None,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+) -> torch.Tensor:
+    """flex_attention with the ALiBi score_mod; compiled as a whole (see `_compiled_flex_alibi`)."""
+
+    def index_bias(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx + offset - kv_idx).to(torch.float32)  # score is fp32 in the kernel
+
+    def position_bias(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (query_positions[b, q_idx] - key_positions[b, kv_idx]).to(torch.float32)
+
+    score_mod = None if slopes is None else index_bias if offset is not None else position_bias
+    return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scaling)
+
+
+_compiled_flex_alibi = None
 
 
 def flex_attention_forward(
@@ -240,20 +293,16 @@ def flex_attention_forward(
         )
     if not query.is_cuda or query.shape[2] < FLEX_MIN_QUERY_LEN:
         return sdpa_attention(module, query, key, value, mask, scaling, dropout)
-    global _compiled_flex_attention
-    if _compiled_flex_attention is None:
-        # dynamic=True: one compiled kernel serves every sequence length instead of recompiling per shape.
-        _compiled_flex_attention = torch.compile(flex_attention, dynamic=True)
+    global _compiled_flex_alibi
+    if _compiled_flex_alibi is None:
+        # The closures are made inside the compiled function, so new positions, offsets and lengths reuse one
+        # graph (dynamic=True) instead of recompiling (benchmarks/flex_compile_probe.py).
+        _compiled_flex_alibi = torch.compile(_flex_alibi, dynamic=True)
     block_mask = _flex_block_mask(mask, query.shape[2], key.shape[2], query.device)
-    slopes, query_positions, key_positions = mask.slopes, mask.query_positions, mask.key_positions
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        if slopes is None:
-            return score
-        distance = (query_positions[b, q_idx] - key_positions[b, kv_idx]).to(torch.float32)
-        return score - slopes[h] * distance  # score is fp32 inside the kernel
-
-    out = _compiled_flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scaling)
+    slopes = mask.slopes.to(query.device) if mask.slopes is not None else None
+    out = _compiled_flex_alibi(
+        query, key, value, block_mask, scaling, slopes, _index_offset(mask), mask.query_positions, mask.key_positions
+    )
     return out, None
 
 
@@ -436,12 +485,13 @@ class AlibiAdaptiveSoftmax(nn.Module):
         c1 = self.bands[0][1]
         out = head.gather(-1, targets.clamp(0, c1 - 1)[:, None]).squeeze(-1)  # (n,)
         for tail, (lo, hi) in enumerate(self.bands[1:]):
-            rows = ((targets >= lo) & (targets < hi)).nonzero().squeeze(-1)
-            if rows.numel() == 0:
-                continue
-            tail_lp = self._tail_log_probs(hidden[rows], tail, embeddings)  # (rows, band size)
-            word_lp = tail_lp.gather(-1, (targets[rows] - lo)[:, None]).squeeze(-1)
-            out = out.index_put((rows,), word_lp + head[rows, c1 + tail])
+            in_band = ((targets >= lo) & (targets < hi)).nonzero().squeeze(-1)
+            # A tail can be ten times wider than the head (207,744 of 267,744 words for WikiText-103).
+            step = max(1, LOG_PROB_BYTES // (4 * (hi - lo)))
+            for rows in in_band.split(step):
+                tail_lp = self._tail_log_probs(hidden[rows], tail, embeddings)  # (rows, band size)
+                word_lp = tail_lp.gather(-1, (targets[rows] - lo)[:, None]).squeeze(-1)
+                out = out.index_put((rows,), word_lp + head[rows, c1 + tail])
         return out
 
 
