@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_alibi.modeling_alibi import alibi_slopes  # noqa: E402
+from modeling_alibi.modeling_alibi import AlibiAttentionMask, alibi_slopes, flex_attention_forward  # noqa: E402
 
 H, D = 8, 128
 DEVICE = "cuda"
@@ -79,7 +79,13 @@ def make_cases(L: int, truncation: float) -> dict:
         bias = bias.masked_fill(i[None, :] > i[:, None], torch.finfo(torch.float32).min).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None])
 
+    def model_flex(q, k, v):
+        """What AlibiForCausalLM's flex backend runs (block mask cached across calls, as in training)."""
+        mask = AlibiAttentionMask(positions.expand(q.shape[0], L), positions.expand(q.shape[0], L), None, SLOPES)
+        return flex_attention_forward(torch.nn.Module(), q, k, v, mask, scaling=D**-0.5)[0]
+
     return {
+        "model_flex": model_flex,
         "flash_nobias": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
         "flex_alibi_dynamic": lambda q, k, v: FLEX_DYNAMIC(q, k, v, score_mod=alibi_score, block_mask=block_mask),
         "flex_alibi_lookup": lambda q, k, v: FLEX_DYNAMIC(q, k, v, score_mod=lookup_score, block_mask=block_mask),
