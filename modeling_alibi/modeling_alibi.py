@@ -295,9 +295,11 @@ def flex_attention_forward(
         return sdpa_attention(module, query, key, value, mask, scaling, dropout)
     global _compiled_flex_alibi
     if _compiled_flex_alibi is None:
-        # The closures are made inside the compiled function, so new positions, offsets and lengths reuse one
-        # graph (dynamic=True) instead of recompiling (benchmarks/flex_compile_probe.py).
-        _compiled_flex_alibi = torch.compile(_flex_alibi, dynamic=True)
+        # The closures are made inside the compiled function, so new positions and offsets reuse the graph
+        # (benchmarks/flex_compile_probe.py). Default dynamism: the first shape gets a static kernel (training
+        # repeats one shape; static runs ~1.5x faster than dynamic on an H200, benchmarks/attention_bench.py),
+        # and the first new shape recompiles once with dynamic lengths that serve every later length.
+        _compiled_flex_alibi = torch.compile(_flex_alibi)
     block_mask = _flex_block_mask(mask, query.shape[2], key.shape[2], query.device)
     slopes = mask.slopes.to(query.device) if mask.slopes is not None else None
     out = _compiled_flex_alibi(

@@ -8,8 +8,11 @@ fairseq rules (fairseq/data/dictionary.py, fairseq_cli/preprocess.py, binarizer.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import logging
+import lzma
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -96,14 +99,20 @@ def _parse_dict_line(raw: str, lineno: int, source: str) -> tuple[str, int, bool
     return fields[0], int(fields[1]), overwrite
 
 
+# Compressed text is read transparently by file name (the gutenberg-en corpus ships as .txt.xz).
+_OPENERS = {".xz": lzma.open, ".lzma": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+
+
 def read_lines(source: PathLike | io.TextIOBase) -> Iterator[str]:
     """Yield the lines of a text file without their newline, as fairseq's `readline` loop sees them
-    (universal newlines: `\\n`, `\\r\\n` and `\\r` end a line; a final line without newline counts)."""
+    (universal newlines: `\\n`, `\\r\\n` and `\\r` end a line; a final line without newline counts).
+    Files ending in `.xz`/`.lzma`, `.gz` or `.bz2` are decompressed on the fly; all are read as UTF-8."""
     if isinstance(source, io.TextIOBase):
         for line in source:
             yield line.rstrip("\r\n")
         return
-    with open(source, encoding="utf-8") as f:  # newline=None: universal newlines, like fairseq
+    opener = _OPENERS.get(Path(source).suffix.lower(), open)
+    with opener(source, "rt", encoding="utf-8", newline=None) as f:  # universal newlines, like fairseq
         for line in f:
             yield line.rstrip("\n")
 

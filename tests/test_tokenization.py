@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 from pathlib import Path
 
@@ -141,3 +144,16 @@ def test_line_splitting_semantics(tmp_path) -> None:
     assert list(read_lines(path)) == ["a", "b", "c", "", "d\x0ce"]  # universal newlines only, like readline
     assert split_lines("x\ny\n") == ["x", "y"]
     assert split_lines("") == [""]  # a Hugging Face wikitext row "" is one blank line
+
+
+@pytest.mark.parametrize("suffix, compress", [(".xz", lzma.compress), (".gz", gzip.compress), (".bz2", bz2.compress)])
+def test_compressed_files_read_like_plain_text(tmp_path, wt103_tokenizer, suffix: str, compress) -> None:
+    raw = "a\r\nb\rc\n\nd\x0ce é\n".encode() + (WT103 / "wiki.valid.tokens").read_bytes()[:20_000]
+    (tmp_path / "t.txt").write_bytes(raw)
+    (tmp_path / f"t.txt{suffix}").write_bytes(compress(raw))
+    plain = list(read_lines(tmp_path / "t.txt"))
+    assert plain[:5] == ["a", "b", "c", "", "d\x0ce é"]
+    assert list(read_lines(tmp_path / f"t.txt{suffix}")) == plain  # same universal-newline, UTF-8 reading
+    assert encode_file(wt103_tokenizer, tmp_path / f"t.txt{suffix}") == encode_file(wt103_tokenizer, tmp_path / "t.txt")
+    entries = build_fairseq_dictionary(tmp_path / f"t.txt{suffix}")
+    assert entries == build_fairseq_dictionary(tmp_path / "t.txt")

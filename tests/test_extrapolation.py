@@ -1,0 +1,142 @@
+"""`alibi-lm extrapolate`: the report files, and numbers equal to `evaluate_perplexity` at each length."""
+
+from __future__ import annotations
+
+import csv
+import json
+import lzma
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+
+from modeling_alibi import AlibiConfig, AlibiForCausalLM
+from modeling_alibi.cli import main as cli_main
+from modeling_alibi.evaluation import evaluate_perplexity
+from modeling_alibi.extrapolation import evaluate_lengths
+from modeling_alibi.tokenization import (
+    build_fairseq_dictionary,
+    encode_lines,
+    fairseq_tokenizer,
+    read_lines,
+    write_fairseq_dictionary,
+)
+
+WT103_VALID = Path(__file__).resolve().parents[1] / "data" / "wikitext-103" / "wiki.valid.tokens"
+MAX_TOKENS = 300  # not a multiple of any length: the last window of each is short
+LENGTHS = [16, 32, 64]  # the models train on 16: 2x and 4x is extrapolation
+BATCH = 8  # windows per forward, in the command and in the direct calls alike
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """Two tiny saved AlibiForCausalLM folders sharing a word-level tokenizer; the corpus as .txt.xz."""
+    root = tmp_path_factory.mktemp("extrapolation")
+    lines = list(read_lines(WT103_VALID))[:40]
+    write_fairseq_dictionary(build_fairseq_dictionary(lines=lines), root / "dict.txt")
+    tokenizer = fairseq_tokenizer(root / "dict.txt")
+    with lzma.open(root / "data.txt.xz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    models = {}
+    for name, seed in (("small", 0), ("other", 1)):
+        torch.manual_seed(seed)
+        config = AlibiConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, train_seq_len=16)
+        AlibiForCausalLM(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        models[name] = root / name
+    stream = encode_lines(tokenizer, lines)
+    assert len(stream) > MAX_TOKENS
+    return {"root": root, "data": root / "data.txt.xz", "models": models, "stream": stream[:MAX_TOKENS]}
+
+
+def _run(setup: dict, out: Path, *extra: str) -> int:
+    argv = ["extrapolate", *(f"{name}={path}" for name, path in setup["models"].items()), "--data", str(setup["data"]),
+            "--lengths", ",".join(map(str, reversed(LENGTHS))), "--max-tokens", str(MAX_TOKENS), "--device", "cpu",
+            "--batch-size", str(BATCH), "--output", str(out), "--no-progress", *extra]
+    return cli_main(argv)
+
+
+@pytest.mark.parametrize("extra, stride", [((), None), (("--sliding", "--stride", "8"), 8)], ids=["nonoverlapping", "sliding-s8"])
+def test_report_files_and_numbers(setup, tmp_path, capsys, extra, stride) -> None:
+    assert _run(setup, tmp_path, *extra) == 0
+    printed = capsys.readouterr().out
+
+    # JSON: one point per (model, length), equal to evaluate_perplexity run directly
+    points = json.loads((tmp_path / "extrapolation.json").read_text())
+    assert [(p["model"], p["length"]) for p in points] == [(m, n) for m in ("small", "other") for n in LENGTHS]
+    for name, folder in setup["models"].items():
+        model = AlibiForCausalLM.from_pretrained(folder).eval()
+        for point in (p for p in points if p["model"] == name):
+            context = 0 if stride is None else point["length"] - stride
+            expected = evaluate_perplexity(model, setup["stream"], point["length"], context, batch_size=BATCH,
+                                           progress=False)
+            assert point["context_window"] == context and point["train_seq_len"] == 16
+            assert point["num_tokens"] == expected.num_tokens == MAX_TOKENS
+            assert point["perplexity"] == pytest.approx(expected.perplexity, rel=1e-9)
+            assert point["loss_nats"] == pytest.approx(expected.loss_nats, rel=1e-9)
+
+    # CSV: the same rows
+    with (tmp_path / "extrapolation.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], int(r["length"]), float(r["perplexity"])) for r in rows] == [
+        (p["model"], p["length"], p["perplexity"]) for p in points
+    ]
+
+    # Markdown: caption, header with the lengths, one row per model; printed as well
+    table = (tmp_path / "extrapolation.md").read_text()
+    mode = "nonoverlapping windows" if stride is None else f"sliding windows, stride {stride}"
+    assert table.startswith(f"Perplexity on data.txt.xz ({MAX_TOKENS} tokens), {mode}\n\n")
+    assert "| model | trained on | 16 | 32 | 64 |" in table
+    rows_md = [line for line in table.splitlines() if line.startswith(("| small ", "| other "))]
+    assert len(rows_md) == 2
+    ppl = {(p["model"], p["length"]): p["perplexity"] for p in points}
+    assert rows_md[0] == "| small | 16 | " + " | ".join(f"{ppl['small', n]:.2f}" for n in LENGTHS) + " |"
+    assert table.strip() in printed
+
+    # PNG: a real image
+    png = (tmp_path / "extrapolation.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1024
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(tmp_path / "extrapolation.png").shape
+    assert (width, height) == (840, 540)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lengths", "16,abc"], "comma-separated positive integers"),
+        (["--lengths", "0,16"], "comma-separated positive integers"),
+        (["--lengths", "16,,32"], "comma-separated positive integers"),
+        (["--lengths", "16,32", "--sliding", "--stride", "32"], "--stride 32 is larger than the smallest length 16"),
+        (["--lengths", "16", "--stride", "4"], "add --sliding"),
+        (["--lengths", "16", "--max-tokens", "-3"], "positive integer"),
+    ],
+    ids=["not-a-number", "zero", "empty-item", "stride-too-large", "stride-without-sliding", "max-tokens"],
+)
+def test_bad_arguments_exit_2_with_a_clear_message(setup, tmp_path, capsys, args, message) -> None:
+    argv = ["extrapolate", str(setup["models"]["small"]), "--data", str(setup["data"]), "--output", str(tmp_path), *args]
+    with pytest.raises(SystemExit) as info:
+        cli_main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage: alibi-lm extrapolate" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_duplicate_labels_are_refused(setup, tmp_path, capsys) -> None:
+    folder = str(setup["models"]["small"])
+    with pytest.raises(SystemExit) as info:
+        cli_main(["extrapolate", folder, folder, "--data", str(setup["data"]), "--lengths", "16", "--output", str(tmp_path)])
+    assert info.value.code == 2 and "same label" in capsys.readouterr().err
+
+
+def test_evaluate_lengths_checks_stride(setup) -> None:
+    model = AlibiForCausalLM.from_pretrained(setup["models"]["small"])
+    with pytest.raises(ValueError, match="stride=0 must be between 1 and the smallest length"):
+        evaluate_lengths("small", model, setup["stream"], [16, 32], stride=0, progress=False)
