@@ -23,3 +23,7 @@ mkdir -p "$out"
 cp "/tmp/run-$encoding/metrics.jsonl" "$out/metrics.jsonl"
 python3 -m modeling_alibi.cli extrapolate "$encoding=/tmp/run-$encoding/final" --data .cache/gutenberg-en/test.txt.xz \
   --text-mode document --lengths 256,512,1024,2048,4096 --batch-size 8 --output "$out" --no-progress
+if [ "$encoding" = alibi ]; then
+  OUT=$out python3 benchmarks/truncation_cost.py "/tmp/run-$encoding/final" --data .cache/gutenberg-en/test.txt.xz \
+    --length 4096 --thresholds 20,10,5 2>&1 | grep -v -i warn | tail -n 6
+fi

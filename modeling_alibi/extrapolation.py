@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("models", nargs="+", help="model folders (each with its tokenizer); NAME=PATH sets the label")
     parser.add_argument("--data", required=True, help="text file (or .xz/.gz/.bz2); each line is encoded, then </s>")
     parser.add_argument("--lengths", required=True, type=_lengths, help="comma-separated window lengths, e.g. 256,512,1024")
+    parser.add_argument("--text-mode", default="fairseq", choices=["fairseq", "line", "document"],
+                        help="how the data becomes one token stream: 'fairseq' (every line + </s>, exactly as "
+                        "fairseq-eval-lm), or as training read it ('line' or 'document' records + end-of-sequence)")
     parser.add_argument("--sliding", action="store_true", help="sliding-window evaluation instead of nonoverlapping")
     parser.add_argument("--stride", type=_positive, default=None, help="with --sliding: scored tokens per window (default 1: the paper's)")
     parser.add_argument("--max-tokens", type=_positive, default=None, help="score only the first N tokens of the stream")
@@ -162,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate every model at every length and write the report."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .data import encode_corpus
     from .tokenization import encode_file
 
     parser = build_parser()
@@ -181,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype),
                                                      trust_remote_code=args.trust_remote_code)
-        stream = encode_file(tokenizer, args.data)[: args.max_tokens]  # each model with its own tokenizer
+        if args.text_mode == "fairseq":
+            stream = encode_file(tokenizer, args.data)
+        else:  # a model trained on documents is scored on documents, not on lines it never saw end
+            stream = encode_corpus([args.data], tokenizer, args.text_mode)
+        stream = stream[: args.max_tokens]  # each model with its own tokenizer
         points += evaluate_lengths(
             name, model, stream, lengths, stride=stride, batch_size=args.batch_size,
             device=device, eos_id=tokenizer.eos_token_id,

@@ -140,3 +140,21 @@ def test_evaluate_lengths_checks_stride(setup) -> None:
     model = AlibiForCausalLM.from_pretrained(setup["models"]["small"])
     with pytest.raises(ValueError, match="stride=0 must be between 1 and the smallest length"):
         evaluate_lengths("small", model, setup["stream"], [16, 32], stride=0, progress=False)
+
+
+def test_document_text_mode_scores_the_training_stream(setup, tmp_path) -> None:
+    """--text-mode document reads the data as training did: one end-of-sequence per blank-line-separated record."""
+    from modeling_alibi.data import encode_corpus
+    from transformers import AutoTokenizer
+
+    argv = ["extrapolate", f"small={setup['models']['small']}", "--data", str(setup["data"]), "--lengths", "32",
+            "--text-mode", "document", "--device", "cpu", "--output", str(tmp_path), "--no-progress"]
+    assert cli_main(argv) == 0
+    point = json.loads((tmp_path / "extrapolation.json").read_text())[0]
+    tokenizer = AutoTokenizer.from_pretrained(setup["models"]["small"])
+    stream = encode_corpus([setup["data"]], tokenizer, "document")
+    assert stream.count(tokenizer.eos_token_id) < len(list(read_lines(setup["data"])))  # fewer ends than lines
+    expected = evaluate_perplexity(AlibiForCausalLM.from_pretrained(setup["models"]["small"]).eval(), stream, 32,
+                                   progress=False)
+    assert point["num_tokens"] == len(stream)
+    assert point["perplexity"] == pytest.approx(expected.perplexity, rel=1e-9)
