@@ -13,7 +13,7 @@ if ls .cache/whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .cache/whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -m modeling_alibi.cli train --config configuration/train/gutenberg-small-h100.yaml \
   --train_files ".cache/gutenberg-en/train.*.txt.xz" --validation_files .cache/gutenberg-en/valid.txt.xz \
