@@ -1,4 +1,10 @@
-"""`alibi-lm demo`: build a tiny ALiBi model, save it, reload it through the Auto classes, generate past its training length."""
+"""`alibi-lm demo`: train short, test long, on a CPU in a few minutes.
+
+1. Train a small ALiBi model and a sinusoidal baseline at L=64 on the in-repo gutenberg-tiny corpus
+   (configuration/train/demo-cpu.yaml).
+2. Evaluate both at 1x to 8x the training length and write the extrapolation table and plot.
+3. Generate a continuation of a prompt three times longer than the training length.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +13,73 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .configuration_alibi import AlibiConfig
-from .hub import export_for_hub
-from .modeling_alibi import AlibiForCausalLM
+from .data import encode_corpus
+from .extrapolation import evaluate_lengths, markdown_table, write_report
+from .training import parse_args, train
 
 logger = logging.getLogger(__name__)
 
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data" / "gutenberg-tiny"
+ENCODINGS = ("alibi", "sinusoidal")
+
+
+def train_models(output: Path, steps: int | None) -> dict[str, Path]:
+    """Both models share the preset, seed, data and tokenizer; only the position encoding differs."""
+    folders = {}
+    for encoding in ENCODINGS:
+        argv = ["--config", str(REPO / "configuration" / "train" / "demo-cpu.yaml"),
+                "--train_files", str(CORPUS / "train.txt"), "--validation_files", str(CORPUS / "valid.txt"),
+                "--position_encoding", encoding, "--output_dir", str(output / encoding),
+                "--save_every", "0", "--report_to", "none", "--cache_dir", str(output / "cache")]
+        argv += ["--max_steps", str(steps)] if steps else []
+        logger.info("training the %s model", encoding)
+        folders[encoding] = train(parse_args(argv))
+    return folders
+
+
+def generate_long(folder: Path, prompt_tokens: int, new_tokens: int) -> tuple[str, str]:
+    """Continue the first `prompt_tokens` tokens of the validation text; returns (prompt tail, continuation)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    stream = encode_corpus([CORPUS / "valid.txt"], tokenizer, "document")[:prompt_tokens]
+    prompt = torch.tensor([stream])
+    torch.manual_seed(0)
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                         do_sample=True, top_p=0.9, temperature=0.8, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(stream[-60:]), tokenizer.decode(out[0, prompt.shape[1]:])
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="alibi-lm demo", description=__doc__)
-    parser.add_argument("--output", default="outputs/demo", help="where the exported model goes")
-    parser.add_argument("--train-seq-len", type=int, default=32)
+    parser = argparse.ArgumentParser(prog="alibi-lm demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="outputs/demo", help="folder for the models, table and plot")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per model (default: the preset's)")
+    parser.add_argument("--eval-tokens", type=int, default=24_576, help="test tokens scored at each length")
     args = parser.parse_args(argv)
+    output = Path(args.output)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    torch.manual_seed(0)
-    config = AlibiConfig(vocab_size=256, hidden_size=96, num_hidden_layers=2, num_attention_heads=6,
-                         intermediate_size=256, train_seq_len=args.train_seq_len)
-    model = AlibiForCausalLM(config).eval()
-    out = export_for_hub(model, Path(args.output), name="alibi-demo", overwrite=True)
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    logger.info("reloaded %s with config %s", type(reloaded).__name__, type(AutoConfig.from_pretrained(out)).__name__)
+    folders = train_models(output, args.steps)
+    train_len = AutoModelForCausalLM.from_pretrained(folders["alibi"]).config.train_seq_len
+    lengths = [train_len * k for k in (1, 2, 4, 8)]
+    points = []
+    for encoding, folder in folders.items():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        stream = encode_corpus([CORPUS / "test.txt"], tokenizer, "document")[: args.eval_tokens]
+        points += evaluate_lengths(encoding, model, torch.tensor(stream), lengths, batch_size=4, device="cpu",
+                                   eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    caption = f"gutenberg-tiny test ({args.eval_tokens:,} tokens), trained at L={train_len}, nonoverlapping"
+    report = write_report(points, output / "extrapolation", caption)
+    prompt_tail, continuation = generate_long(folders["alibi"], 3 * train_len, 80)
 
-    prompt = torch.randint(3, 256, (1, 2 * args.train_seq_len))
-    generated = reloaded.generate(prompt, max_new_tokens=6 * args.train_seq_len, min_new_tokens=6 * args.train_seq_len,
-                                  do_sample=False)
-    same = torch.equal(generated, model.generate(prompt, max_new_tokens=6 * args.train_seq_len,
-                                                 min_new_tokens=6 * args.train_seq_len, do_sample=False))
-    print(f"model: {model.num_parameters():,} parameters, {config.num_attention_heads} heads, "
-          f"backend {reloaded.config._attn_implementation}, trained length {config.train_seq_len}")
-    print(f"exported to {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
-    print(f"generated {generated.shape[1]} tokens ({generated.shape[1] // args.train_seq_len}x the training length) "
-          f"from a {prompt.shape[1]}-token prompt; reloaded model agrees with the original: {same}")
-    return 0 if same else 1
+    print(f"\n{caption}\n\n{markdown_table(points)}\n")
+    print(f"ALiBi continuing a {3 * train_len}-token prompt (3x its training length):")
+    print(f"  ...{prompt_tail!r}\n  -> {continuation!r}\n")
+    print("Outputs:")
+    for encoding, folder in folders.items():
+        print(f"  {encoding:<11} model  {folder}  (AutoModelForCausalLM.from_pretrained)")
+    print(f"  table        {report['md']}\n  plot         {report['png']}\n  csv/json     {report['csv']}, {report['json']}")
+    return 0
