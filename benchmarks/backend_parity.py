@@ -10,6 +10,7 @@ in fp32 (the reference) and against eager in the same dtype. Prints a table, wri
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -40,7 +41,8 @@ def main() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             eager_same_dtype = None
             for backend in ("eager", "sdpa", "flex_attention"):
-                model = AlibiForCausalLM._from_config(config, attn_implementation=backend)
+                # A copy per model: _from_config writes the backend into the config it is given.
+                model = AlibiForCausalLM._from_config(copy.deepcopy(config), attn_implementation=backend)
                 model.load_state_dict(weights)
                 model = model.to("cuda", dtype).eval()
                 torch.cuda.reset_peak_memory_stats()

@@ -38,6 +38,21 @@ def tiny_model(num_heads: int = 4, attn_implementation: str = "eager", seed: int
     return model.eval()
 
 
+def model_pair(
+    num_heads: int, implementation: str, device: str = "cuda", dtype: torch.dtype = torch.float32, **overrides
+) -> tuple[AlibiForCausalLM, AlibiForCausalLM]:
+    """An eager reference and a model on `implementation` with the same weights, wider than `tiny_model`.
+
+    Each model gets its own config: transformers' `_from_config` writes the backend into the config object it is
+    given, so two models built from one config would silently run the same backend.
+    """
+    overrides = {"hidden_size": 64 * num_heads, "intermediate_size": 256 * num_heads, **overrides}
+    reference = tiny_model(num_heads, "eager", **overrides).to(device, dtype)
+    fast = tiny_model(num_heads, implementation, **overrides).to(device, dtype)
+    fast.load_state_dict(reference.state_dict())
+    return reference, fast
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_dtype():
     torch.manual_seed(1234)

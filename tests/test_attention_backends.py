@@ -7,7 +7,7 @@ from torch.testing import assert_close
 import modeling_alibi.modeling_alibi as modeling
 from modeling_alibi import AlibiForCausalLM
 
-from conftest import tiny_config, tiny_model
+from conftest import model_pair, tiny_config, tiny_model
 
 HEADS = [pytest.param(4, id="h4"), pytest.param(6, id="h6")]
 
@@ -129,20 +129,18 @@ def test_default_backend_is_sdpa_on_cpu_and_flex_on_cuda():
 # --- GPU: FlexAttention and SDPA at 8,192 tokens in bf16 -----------------------------------------------------
 
 
-def _gpu_pair(num_heads: int, implementation: str, dtype: torch.dtype):
-    config = tiny_config(num_heads, hidden_size=64 * num_heads, intermediate_size=256 * num_heads)
-    torch.manual_seed(0)
-    reference = AlibiForCausalLM._from_config(config, attn_implementation="eager").cuda().eval()
-    fast = AlibiForCausalLM._from_config(config, attn_implementation=implementation).cuda().eval()
-    fast.load_state_dict(reference.state_dict())
-    return reference.to(dtype), fast.to(dtype)
+def test_model_pair_really_runs_two_backends():
+    """Guards the GPU comparisons below: the reference must stay eager when the fast model is built."""
+    reference, fast = model_pair(4, "sdpa", device="cpu")
+    assert reference.config is not fast.config
+    assert (reference.config._attn_implementation, fast.config._attn_implementation) == ("eager", "sdpa")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("implementation", ["flex_attention", "sdpa"])
 @pytest.mark.parametrize("num_heads", HEADS)
 def test_gpu_fp32_matches_eager(num_heads, implementation):
-    reference, fast = _gpu_pair(num_heads, implementation, torch.float32)
+    reference, fast = model_pair(num_heads, implementation)
     input_ids, mask = batch_with_padding(True, length=300)
     input_ids, mask = input_ids.cuda(), mask.cuda()
     with torch.no_grad():
@@ -155,7 +153,7 @@ def test_gpu_fp32_matches_eager(num_heads, implementation):
 @pytest.mark.parametrize("implementation", ["flex_attention", "sdpa"])
 @pytest.mark.parametrize("num_heads", HEADS)
 def test_gpu_bf16_matches_eager_at_8192(num_heads, implementation):
-    reference, fast = _gpu_pair(num_heads, implementation, torch.bfloat16)
+    reference, fast = model_pair(num_heads, implementation, dtype=torch.bfloat16)
     input_ids = torch.randint(3, 99, (1, 8192), device="cuda")
     with torch.no_grad():
         expected = reference(input_ids).logits.float().log_softmax(-1)

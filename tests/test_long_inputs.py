@@ -9,7 +9,7 @@ from transformers.cache_utils import DynamicSlidingWindowLayer, StaticSlidingWin
 import modeling_alibi.modeling_alibi as modeling
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 
-from conftest import tiny_config, tiny_model
+from conftest import model_pair, tiny_config, tiny_model
 from test_attention_backends import _reference_flash, batch_with_padding
 from test_generation import left_padded
 
@@ -347,15 +347,6 @@ def test_truncation_on_flash_names_the_fix(monkeypatch):
 # --- GPU: flex/flash windows and truncation, compiled static decode ----------------------------------------------
 
 
-def _gpu_models(num_heads: int, implementation: str, **overrides) -> tuple[AlibiForCausalLM, AlibiForCausalLM]:
-    config = tiny_config(num_heads, hidden_size=64 * num_heads, intermediate_size=256 * num_heads, **overrides)
-    torch.manual_seed(0)
-    reference = AlibiForCausalLM._from_config(config, attn_implementation="eager").cuda().eval()
-    fast = AlibiForCausalLM._from_config(config, attn_implementation=implementation).cuda().eval()
-    fast.load_state_dict(reference.state_dict())
-    return reference, fast
-
-
 GPU_OPTIONS = [pytest.param(dict(attention_window=100), id="window100"),
                pytest.param(dict(alibi_truncation=4.0), id="trunc4")]
 
@@ -369,7 +360,7 @@ def test_gpu_window_and_truncation_match_eager(num_heads, implementation, overri
         pytest.importorskip("flash_attn")
         if "alibi_truncation" in overrides:
             pytest.skip("flash-attn has no per-head window (refusal tested on CPU)")
-    reference, fast = _gpu_models(num_heads, implementation, **overrides)
+    reference, fast = model_pair(num_heads, implementation, **overrides)
     input_ids, mask = batch_with_padding(True, length=600)
     input_ids, mask = input_ids.cuda(), mask.cuda()
     with torch.no_grad():
@@ -384,7 +375,7 @@ def test_gpu_windowed_chunked_prefill_matches_eager(implementation):
     """Chunks of 128 >= FLEX_MIN_QUERY_LEN take the flex kernel against a sliding cache of kept keys."""
     if implementation == "flash_attention_2":
         pytest.importorskip("flash_attn")
-    reference, fast = _gpu_models(4, implementation, attention_window=100)
+    reference, fast = model_pair(4, implementation, attention_window=100)
     input_ids, mask = (t.cuda() for t in padded_batch(1000, pad=37))
     with torch.no_grad():
         expected = reference(input_ids, attention_mask=mask).logits[:, -1]
@@ -396,7 +387,7 @@ def test_gpu_windowed_chunked_prefill_matches_eager(implementation):
 @pytest.mark.gpu
 def test_gpu_compiled_static_generate_equals_dynamic():
     """On CUDA generate() compiles the decode step (mode="reduce-overhead") for a static cache."""
-    _, model = _gpu_models(4, "sdpa")
+    _, model = model_pair(4, "sdpa")
     input_ids, mask = (t.cuda() for t in padded_batch(40))
     kwargs = dict(attention_mask=mask, max_new_tokens=8 * TRAIN_LEN, min_new_tokens=8 * TRAIN_LEN, **GREEDY)
     static = model.generate(input_ids, cache_implementation="static", **kwargs)
