@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-ppl": ("modeling_alibi.evaluation", "corpus perplexity with fairseq-eval-lm semantics"),
     "train": ("modeling_alibi.training", "train with Accelerate (use `accelerate launch` for several GPUs)"),
     "extrapolate": ("modeling_alibi.extrapolation", "perplexity against evaluation length, table and plot"),
+    "finetune": ("modeling_alibi.finetune", "fine-tune a saved model with transformers.Trainer"),
 }
 
 
