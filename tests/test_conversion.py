@@ -247,3 +247,22 @@ def test_full_size_wt103_converts_and_runs_3072_tokens(tmp_path) -> None:
           f"(after loading {forward['BASE_MB']:.0f} MB)")
     assert forward["PARAMS"] == 246_933_504
     assert forward["PEAK_MB"] - forward["BASE_MB"] < 3072 * 267_744 * 4 / 2**20
+
+
+def test_converted_folder_loads_with_trust_remote_code_where_the_package_is_hidden(workdir, tmp_path) -> None:
+    """The adaptive wt103 layout ships as remote code: a fresh process without modeling_alibi reproduces it."""
+    import subprocess
+    import sys
+
+    from tests.test_remote_code import LOAD_HIDDEN
+
+    _, folder = _convert(workdir, "transformer_lm_wiki103", 6, "fp32", False, False)
+    ids = _ids(1, 3 * TPS).tolist()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", LOAD_HIDDEN, str(folder), json.dumps(ids)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["module"].startswith("transformers_modules.")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()  # in-process, through the registered package
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), model(torch.tensor(ids)).logits, atol=1e-5, rtol=0)
