@@ -636,9 +636,7 @@ class AlibiPreTrainedModel(PreTrainedModel):
             )
         if requested_attention == "flex_attention" and (flex_attention is None or not torch.cuda.is_available()):
             raise ValueError('attn_implementation="flex_attention" needs CUDA; use "sdpa" on this machine.')
-        if requested_attention == "flash_attention_2" and flash_attn_func is None:
-            raise ImportError('attn_implementation="flash_attention_2" needs flash-attn>=2.4: pip install "alibi-lm[flash]".')
-        return requested_attention
+        return requested_attention  # flash-attn's presence is checked first, in _check_and_adjust_attn_implementation
 
 
 def _check_attention_mask(attention_mask: torch.Tensor, batch: int, seen: int, static: bool) -> None:
