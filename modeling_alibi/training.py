@@ -36,6 +36,11 @@ from transformers import (
 from .configuration_alibi import AlibiConfig
 from .data import TextSource, build_lm_dataset, collate_blocks, expand_files, load_or_train_tokenizer
 
+try:
+    from torch.distributed.fsdp import FSDPModule  # FSDP2 (fully_shard), torch >= 2.6
+except ImportError:  # pragma: no cover - older torch or a build without distributed
+    FSDPModule = None
+
 logger = get_logger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -433,11 +438,30 @@ def export_model(
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # every process takes part: FSDP gathers shards here
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict)
+    if FSDPModule is not None and isinstance(unwrapped, FSDPModule):
+        # FSDP2 shards in place: the class becomes a subclass (FSDPAlibiForCausalLM, which save_pretrained would
+        # write into auto_map with torch's FSDP sources) and the weights DTensors. Save a plain copy instead.
+        if accelerator.is_main_process:
+            _plain_copy(unwrapped, state_dict).save_pretrained(output_dir)
+    else:
+        unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
     return output_dir
+
+
+def _plain_copy(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """The model's own class (not FSDP2's subclass of it), holding the gathered full `state_dict`."""
+    cls = next(c for c in type(model).__mro__ if issubclass(c, PreTrainedModel) and not issubclass(c, FSDPModule))
+    plain = cls(model.config)
+    missing, unexpected = plain.load_state_dict(state_dict, strict=False)
+    tied = set(getattr(plain, "_tied_weights_keys", None) or ()) if plain.config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"The gathered state dict does not fit {cls.__name__}: "
+                           f"missing {missing}, unexpected {unexpected}.")
+    plain.tie_weights()
+    return plain
 
 
 def train(args: TrainArguments) -> Path:
@@ -459,8 +483,8 @@ def train(args: TrainArguments) -> Path:
     _trim_metrics(accelerator, args, step)
     accelerator.init_trackers("tensorboard", config=_hparams(args))
     params = sum(p.numel() for p in model.parameters())
-    logger.info("%d parameters, %d processes, %d steps of %d tokens", params, accelerator.num_processes,
-                max_steps, _tokens_per_step(args, accelerator.num_processes))
+    logger.info("%d parameters, %d processes (%s), %d steps of %d tokens", params, accelerator.num_processes,
+                accelerator.distributed_type.value, max_steps, _tokens_per_step(args, accelerator.num_processes))
     train_loop(accelerator, args, model, optimizer, scheduler, (train_loader, eval_loader), step, max_steps)
     output = export_model(accelerator, model, tokenizer, Path(args.output_dir, "final"))
     accelerator.end_training()

@@ -231,3 +231,33 @@ def test_two_process_ddp_matches_one_process(workdir: Path):
     assert abs(eval_one[4] - eval_two[4]) < 1e-4
     for name, tensor in final_weights(Path(single.output_dir)).items():
         torch.testing.assert_close(final_weights(Path(double.output_dir))[name], tensor, rtol=0, atol=1e-4, msg=name)
+
+
+def test_two_process_fsdp2_matches_one_process_and_exports_plain_model(workdir: Path):
+    """FSDP2 (configuration/accelerate/fsdp.yaml, forced on 2 CPU processes over gloo) trains like one process,
+    and the export is the plain AlibiForCausalLM (FSDP2 swaps the class in place; save_pretrained must not see it)."""
+    single = run_args(workdir, "fsdp-1", dropout=0.0, max_steps=4)
+    train(single)
+    double = run_args(workdir, "fsdp-2", dropout=0.0, max_steps=4, per_device_train_batch_size=2)
+    flags = [f"--{k}={v}" for k, v in vars(double).items() if v is not None and not isinstance(v, list)]
+    flags += ["--train_files", *double.train_files, "--validation_files", *double.validation_files]
+    # On the CPU Accelerate runs an FSDP config as DDP; `train-fsdp-cpu` switches its FSDP2 path on.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "configuration" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), str(REPO / "benchmarks" / "compare_runs.py"),
+               "train-fsdp-cpu", *flags]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+                        "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "2 processes (FSDP)" in result.stderr
+    one, two = metrics(Path(single.output_dir)), metrics(Path(double.output_dir))
+    torch.testing.assert_close(torch.tensor(list(two.values())), torch.tensor(list(one.values())), rtol=0, atol=1e-4)
+    config = json.loads(Path(double.output_dir, "final", "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_alibi.AlibiForCausalLM"
+    assert not list(Path(double.output_dir, "final").glob("_fsdp*.py"))
+    for name, tensor in final_weights(Path(single.output_dir)).items():
+        torch.testing.assert_close(final_weights(Path(double.output_dir))[name], tensor, rtol=0, atol=1e-4, msg=name)
+    model = AutoModelForCausalLM.from_pretrained(Path(double.output_dir, "final"))
+    assert type(model).__name__ == "AlibiForCausalLM"
