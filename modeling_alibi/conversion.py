@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .checkpoint_io import fairseq_model_field, load_fairseq_checkpoint
 from .configuration_alibi import AlibiConfig
 from .hub import DTYPES, export_for_hub
-from .modeling_alibi import AlibiForCausalLM
+from .modeling_alibi import AlibiForCausalLM, alibi_slopes
 from .tokenization import FairseqDictionary, fairseq_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ def fairseq_log_probs(state_dict: dict[str, torch.Tensor], model_cfg: dict[str, 
     x = x * (1.0 if opt("no_scale_embedding") else math.sqrt(d))
     if "decoder.project_in_dim.weight" in sd:
         x = F.linear(x, sd["decoder.project_in_dim.weight"])
-    slopes = torch.tensor(_fairseq_slopes(heads), dtype=torch.float64)
+    slopes = alibi_slopes(heads).double()  # tested equal to the fork's recursive rule for 1..64 heads
     T = ids.shape[1]
     mask = torch.triu(torch.full((T, T), float("-inf"), dtype=torch.float64), 1) + slopes[:, None, None] * torch.arange(T)  # (h, T, T)
     for i in range(opt("decoder_layers")):
@@ -320,17 +320,6 @@ def fairseq_log_probs(state_dict: dict[str, torch.Tensor], model_cfg: dict[str, 
     if opt("adaptive_softmax_cutoff") is None:
         return F.linear(x, sd["decoder.output_projection.weight"]).log_softmax(-1)
     return _fairseq_adaptive_log_probs(sd, model_cfg, x, vocab)
-
-
-def _fairseq_slopes(n: int) -> list[float]:
-    def power_of_2(n: int) -> list[float]:
-        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
-        return [start * start**i for i in range(n)]
-
-    if math.log2(n).is_integer():
-        return power_of_2(n)
-    closest = 2 ** math.floor(math.log2(n))
-    return power_of_2(closest) + _fairseq_slopes(2 * closest)[0::2][: n - closest]
 
 
 def _fairseq_layer(sd: dict[str, torch.Tensor], p: str, x: torch.Tensor, mask: torch.Tensor, pre: bool, act: str) -> torch.Tensor:

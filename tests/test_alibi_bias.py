@@ -1,30 +1,16 @@
 """Slopes follow the paper's recursive rule; the bias is relative, exact in fp32 and padding-invariant."""
 
-import math
-
 import pytest
 import torch
 from torch.testing import assert_close
 
 from modeling_alibi import alibi_bias, alibi_slopes
-
-
-def paper_slopes(n: int) -> list[float]:
-    """The reference code of Press et al. (fairseq fork, transformer.py), verbatim in spirit."""
-
-    def power_of_2(n):
-        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
-        return [start * start**i for i in range(n)]
-
-    if math.log2(n).is_integer():
-        return power_of_2(n)
-    closest = 2 ** math.floor(math.log2(n))
-    return power_of_2(closest) + paper_slopes(2 * closest)[0::2][: n - closest]
+from tests.fairseq_reference import get_slopes
 
 
 @pytest.mark.parametrize("num_heads", range(1, 65))
 def test_slopes_equal_the_papers_recursive_formula(num_heads):
-    expected = torch.tensor(paper_slopes(num_heads), dtype=torch.float32)
+    expected = torch.tensor(get_slopes(num_heads), dtype=torch.float32)  # the fork's code
     assert_close(alibi_slopes(num_heads), expected, rtol=1e-6, atol=0)
 
 

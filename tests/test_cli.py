@@ -34,9 +34,9 @@ def test_help_lists_every_command(capsys) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: alibi-lm COMMAND")
-    for command in ("demo", "export", "convert-fairseq", "eval-ppl", "train", "extrapolate"):
+    for command in ("demo", "export", "convert-fairseq", "eval-ppl", "train", "extrapolate", "finetune"):
         assert f"\n  {command} " in out
-    assert set(COMMANDS) == {"demo", "export", "convert-fairseq", "eval-ppl", "train", "extrapolate"}
+    assert set(COMMANDS) == {"demo", "export", "convert-fairseq", "eval-ppl", "train", "extrapolate", "finetune"}
     assert main([]) == 0 and capsys.readouterr().out == out  # no command: the same usage
 
 
