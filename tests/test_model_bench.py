@@ -1,0 +1,59 @@
+"""benchmarks/model_bench.py end to end on CPU at tiny sizes (--quick): the JSON it writes and bounded memory."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model_bench")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OUT": str(out)}
+    command = [sys.executable, str(ROOT / "benchmarks" / "model_bench.py"), "--device", "cpu", "--quick",
+               "--parts", "prompt,decode,precision", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "== model_bench" in done.stdout  # the final table
+    return json.loads((out / "model_bench.json").read_text())
+
+
+def test_json_has_every_part_and_no_errors(bench):
+    assert bench["errors"] == []
+    assert {"meta", "timings_s", "prompt", "decode", "precision"} <= bench.keys()
+    assert "train" not in bench  # only the parts asked for
+    assert bench["meta"]["copy_gb_s"] > 0
+    prompt = bench["prompt"]
+    assert {"ours_full", "ours_window", "peers", "peer_longest"} <= prompt.keys()
+    for row in prompt["ours_full"] + prompt["ours_window"]:
+        assert row["status"] == "ok"
+        assert {"length", "prefill_s", "generate_s", "gen_tok_s", "extra_bytes", "kv_bytes"} <= row.keys()
+    assert set(prompt["peer_longest"]) == {"bloom", "mpt"}
+    decode = bench["decode"]
+    assert [row["model"] for row in decode["rows"]] == ["alibi dynamic", "alibi static", "bloom", "mpt"]
+    assert all(row["status"] == "ok" and row["tok_s"] > 0 for row in decode["rows"])
+    assert {"alibi static / bloom", "alibi dynamic / mpt"} <= decode["ratios"].keys()
+    assert [row["cache"] for row in decode["long"]] == ["dynamic"]  # the long_static extra was not asked for
+    assert decode["long"][0]["status"] == "ok" and decode["long"][0]["per_token_ms"] > 0
+    assert decode["hbm"]["limit_ms"] > 0 and decode["hbm"]["best_ms"] > 0
+    precision = bench["precision"]
+    assert precision["reference"]["status"] == "ok"
+    (row,) = precision["rows"]  # sdpa is the default on CPU: one row
+    assert {"first_max", "first_mean", "last_max", "last_mean", "growth_max", "growth_mean"} <= row.keys()
+    assert row["growth_mean"] < 2.0  # no growth of the bf16 error with position
+
+
+def test_windowed_prompt_memory_stays_flat(bench):
+    window = sorted(bench["prompt"]["ours_window"], key=lambda row: row["length"])
+    assert window[-1]["length"] >= 8 * window[0]["length"]
+    memory = [row["extra_bytes"] for row in window]
+    assert min(memory) > 0
+    assert max(memory) <= 1.5 * window[0]["extra_bytes"], memory
+    # The measurement sees growth where there is some: a full cache grows with the prompt.
+    full = sorted(bench["prompt"]["ours_full"], key=lambda row: row["length"])
+    assert full[-1]["extra_bytes"] > 2 * full[0]["extra_bytes"]
