@@ -23,9 +23,9 @@ from transformers.utils import logging
 from .configuration_alibi import ATTENTION_IMPLEMENTATIONS, AlibiConfig
 
 try:  # FlexAttention: CUDA only here; absent on old torch builds.
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 except ImportError:
-    create_block_mask = flex_attention = None
+    BlockMask = create_block_mask = flex_attention = None
 
 try:  # flash-attn >= 2.4 takes per-head ALiBi slopes; optional `flash` extra.
     from flash_attn import flash_attn_func, flash_attn_varlen_func
@@ -39,6 +39,13 @@ SDPA_BIAS_BYTES = 256 * 2**20
 # Below this many query rows (decode steps, short prompts) the flex path uses SDPA: a small bias is cheap and
 # building a block mask per step is not.
 FLEX_MIN_QUERY_LEN = 64
+# Up to this many query rows (decode steps) the sdpa path computes attention as two matmuls. SDPA's kernels that
+# take a bias split work over queries and heads only: 8 thread blocks for one decoded token with 8 heads, a
+# fraction of the HBM bandwidth, while the matmuls read the KV cache once at full bandwidth and the (b, h, q, k)
+# scores are tiny.
+DECODE_MAX_QUERY_LEN = 16
+# FlexAttention's sparse block size (its default): the granularity at which whole key blocks are skipped.
+FLEX_BLOCK_SIZE = 128
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -46,7 +53,7 @@ FLEX_MIN_QUERY_LEN = 64
 # ----------------------------------------------------------------------------------------------------------
 
 
-def alibi_slopes(num_heads: int, bias_max: float = 8.0) -> torch.Tensor:
+def alibi_slopes(num_heads: int, bias_max: float = 8.0, device: torch.device | str | None = None) -> torch.Tensor:
     """Per-head slopes m_h of Press et al. (2022), section 3. Shape (h,), float32.
 
     For a power-of-two head count H the slopes are 2^(-bias_max * k / H), k = 1..H. Otherwise the first
@@ -56,14 +63,18 @@ def alibi_slopes(num_heads: int, bias_max: float = 8.0) -> torch.Tensor:
     Args:
         num_heads: Number of attention heads.
         bias_max: The exponent range (8 in the paper).
+        device: Where to build them. The model builds them on its own device in every forward: no host copy,
+            so a compiled decode step stays one CUDA graph.
 
     Returns:
         A float32 tensor of shape (num_heads,).
     """
+    if device is not None and torch.device(device).type == "mps":  # no float64 there
+        return alibi_slopes(num_heads, bias_max).to(device)
     closest = 2 ** math.floor(math.log2(num_heads))
-    exponents = torch.arange(1, closest + 1, dtype=torch.float64) * (bias_max / closest)
+    exponents = torch.arange(1, closest + 1, dtype=torch.float64, device=device) * (bias_max / closest)
     if closest < num_heads:
-        odd = torch.arange(1, 2 * (num_heads - closest), 2, dtype=torch.float64)  # 1, 3, 5, ...
+        odd = torch.arange(1, 2 * (num_heads - closest), 2, dtype=torch.float64, device=device)  # 1, 3, 5, ...
         exponents = torch.cat([exponents, odd * (bias_max / (2 * closest))])
     return torch.pow(2.0, -exponents).float()
 
@@ -172,6 +183,8 @@ def sdpa_attention(
     """
     b, h, q_len, _ = query.shape
     k_len = key.shape[2]
+    if q_len <= DECODE_MAX_QUERY_LEN and not mask.is_plain_causal:
+        return eager_attention(module, query, key, value, mask, scaling, dropout)[0], None
     if mask.is_plain_causal and q_len in (1, k_len):
         # Plain causal attention (position-encoding baselines): let SDPA pick its flash kernel.
         return F.scaled_dot_product_attention(
@@ -213,13 +226,35 @@ def _flex_block_mask(mask: AlibiAttentionMask, q_len: int, k_len: int, device: t
     offset = _index_offset(mask)
     window, max_distance = mask.window, mask.max_distance
     cache_key = None
-    if offset is not None and max_distance is None:
+    if offset is not None:
         offset = int(offset)
-        cache_key = (q_len, k_len, offset, window, str(device))
-        if cache_key in _FLEX_BLOCK_MASKS:
-            mask.block_mask = _FLEX_BLOCK_MASKS[cache_key]
-            return mask.block_mask
+        if max_distance is None:
+            cache_key = (q_len, k_len, offset, window, str(device))
+            if cache_key in _FLEX_BLOCK_MASKS:
+                mask.block_mask = _FLEX_BLOCK_MASKS[cache_key]
+                return mask.block_mask
+    mask_mod = _flex_mask_mod(mask, offset)
+    if offset is not None:
+        mask.block_mask = _unpadded_block_mask(mask_mod, q_len, k_len, offset, window, max_distance, device)
+    else:
+        # Padding is per row: create_block_mask evaluates mask_mod on every (b, [h,] q, k) element. Compiling it
+        # builds that block by block, needed when the mask is per head (256 GiB dense at 65,536 tokens).
+        heads = None if max_distance is None else max_distance.shape[0]
+        batch = mask.query_positions.shape[0]
+        mask.block_mask = create_block_mask(
+            mask_mod, batch, heads, q_len, k_len, device=device, BLOCK_SIZE=FLEX_BLOCK_SIZE, _compile=heads is not None
+        )
+    if cache_key is not None:
+        if len(_FLEX_BLOCK_MASKS) >= 16:
+            _FLEX_BLOCK_MASKS.pop(next(iter(_FLEX_BLOCK_MASKS)))
+        _FLEX_BLOCK_MASKS[cache_key] = mask.block_mask
+    return mask.block_mask
+
+
+def _flex_mask_mod(mask: AlibiAttentionMask, offset: int | None) -> Callable:
+    """The keys a query may see, as flex's `mask_mod`; it runs inside partial blocks only."""
     query_positions, key_positions, key_padding = mask.query_positions, mask.key_positions, mask.key_padding
+    window, max_distance = mask.window, mask.max_distance
 
     def mask_mod(b, h, q_idx, kv_idx):
         if offset is None:
@@ -235,16 +270,51 @@ def _flex_block_mask(mask: AlibiAttentionMask, q_len: int, k_len: int, device: t
             allowed = allowed & (distance <= max_distance[h])
         return allowed
 
-    batch = 1 if offset is not None else query_positions.shape[0]
-    heads = None if max_distance is None else max_distance.shape[0]
-    # A per-head mask built densely needs (b, h, q, k) bools (256 GiB at 65,536 tokens); compiling builds it
-    # block by block.
-    mask.block_mask = create_block_mask(mask_mod, batch, heads, q_len, k_len, device=device, _compile=heads is not None)
-    if cache_key is not None:
-        if len(_FLEX_BLOCK_MASKS) >= 16:
-            _FLEX_BLOCK_MASKS.pop(next(iter(_FLEX_BLOCK_MASKS)))
-        _FLEX_BLOCK_MASKS[cache_key] = mask.block_mask
-    return mask.block_mask
+    return mask_mod
+
+
+def _unpadded_block_mask(
+    mask_mod: Callable,
+    q_len: int,
+    k_len: int,
+    offset: int,
+    window: int | None,
+    max_distance: torch.Tensor | None,
+    device: torch.device,
+) -> Any:
+    """Block mask of an unpadded call from each block's range of distances, in (q/128) x (k/128) work.
+
+    create_block_mask would evaluate `mask_mod` on all q x k pairs: for a 4,096-token prefill chunk against
+    256K cached keys that is a 1 GiB bool mask with int64 temporaries 8x larger. Here distance = q + offset - k,
+    so a block's nearest and farthest distances decide whether it is empty, full (no mask_mod needed) or partial.
+    Blocks cut by the end of the sequence are never full, as in create_block_mask.
+    """
+    size = FLEX_BLOCK_SIZE
+    q_start = torch.arange(0, q_len, size, device=device)  # (nq,)
+    k_start = torch.arange(0, k_len, size, device=device)  # (nk,)
+    q_last = (q_start + size).clamp(max=q_len) - 1
+    k_last = (k_start + size).clamp(max=k_len) - 1
+    nearest = (q_start[:, None] + offset - k_last[None, :])[None]  # (1, nq, nk)
+    farthest = (q_last[:, None] + offset - k_start[None, :])[None]  # (1, nq, nk)
+    # Largest allowed distance, per head when truncated: (1 or h, 1, 1).
+    limit = torch.full((1, 1, 1), k_len + abs(offset) + q_len, device=device)
+    if window is not None:
+        limit = limit.clamp(max=window - 1)
+    if max_distance is not None:
+        limit = torch.minimum(limit, max_distance.floor().long()[:, None, None])  # distances are integers
+    in_range = ((q_start + size <= q_len)[:, None] & (k_start + size <= k_len)[None, :])[None]  # (1, nq, nk)
+    full = (nearest >= 0) & (farthest <= limit) & in_range  # (1 or h, nq, nk)
+    partial = (farthest >= 0) & (nearest <= limit) & ~full
+
+    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Indices of the selected key blocks first, in order, as flex expects: (1, h, nq) counts, (1, h, nq, nk).
+        counts = blocks.sum(-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return counts[None], indices[None]
+
+    return BlockMask.from_kv_blocks(
+        *ordered(partial), *ordered(full), BLOCK_SIZE=size, mask_mod=mask_mod, seq_lengths=(q_len, k_len)
+    )
 
 
 def _flex_alibi(
@@ -794,7 +864,7 @@ class AlibiModel(AlibiPreTrainedModel):
             key_padding = query_padding = None
         slopes = max_distance = None
         if self.config.position_encoding == "alibi":
-            slopes = alibi_slopes(self.config.num_attention_heads, self.config.alibi_bias_max).to(device)
+            slopes = alibi_slopes(self.config.num_attention_heads, self.config.alibi_bias_max, device=device)
             if self.config.alibi_truncation is not None:
                 max_distance = self.config.alibi_truncation / slopes  # (h,): the penalty passes T beyond it
         return AlibiAttentionMask(

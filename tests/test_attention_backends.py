@@ -126,6 +126,37 @@ def test_default_backend_is_sdpa_on_cpu_and_flex_on_cuda():
     assert model.config._attn_implementation == expected
 
 
+# --- FlexAttention's block mask, built from block distance ranges ---------------------------------------------
+
+
+@pytest.mark.skipif(modeling.BlockMask is None, reason="this torch has no FlexAttention")
+@pytest.mark.parametrize("truncation", [None, 20.0], ids=["full", "truncated"])
+@pytest.mark.parametrize("window", [None, 200], ids=["unwindowed", "window200"])
+@pytest.mark.parametrize("q_len,k_len", [(1, 300), (100, 300), (256, 520), (300, 300), (1000, 1000), (130, 1000)])
+def test_unpadded_block_mask_equals_create_block_mask(q_len, k_len, window, truncation):
+    """Same partial and full blocks, in the same order, as flex's dense construction, with no (q, k) tensor."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = k_len - q_len
+    max_distance = None if truncation is None else truncation / modeling.alibi_slopes(4)
+    mask = modeling.AlibiAttentionMask(
+        query_positions=torch.arange(offset, k_len)[None], key_positions=torch.arange(k_len)[None],
+        key_padding=None, slopes=None, window=window, max_distance=max_distance,
+    )
+    mask_mod = modeling._flex_mask_mod(mask, offset)
+    heads = None if max_distance is None else 4
+    expected = create_block_mask(mask_mod, 1, heads, q_len, k_len, device="cpu")
+    actual = modeling._unpadded_block_mask(mask_mod, q_len, k_len, offset, window, max_distance, torch.device("cpu"))
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks"):
+        want, got = getattr(expected, name), getattr(actual, name)
+        if name.endswith("indices"):  # only the first `count` entries of a row are meaningful
+            counts = getattr(expected, name.replace("indices", "num_blocks"))
+            keep = torch.arange(want.shape[-1]) < counts[..., None]
+            want, got = want.expand_as(got)[keep.expand_as(got)], got[keep.expand_as(got)]
+        assert torch.equal(want.expand_as(got), got), name
+    assert torch.equal(expected.to_dense().expand_as(actual.to_dense()), actual.to_dense())
+
+
 # --- GPU: FlexAttention and SDPA at 8,192 tokens in bf16 -----------------------------------------------------
 
 

@@ -395,3 +395,39 @@ def test_gpu_compiled_static_generate_equals_dynamic():
     dynamic = model.generate(input_ids, **kwargs)
     assert torch.equal(static.sequences, dynamic.sequences)
     assert_close(torch.stack(static.logits), torch.stack(dynamic.logits), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("overrides", [pytest.param({}, id="full"), *GPU_OPTIONS])
+def test_gpu_unpadded_chunked_prefill_matches_eager(overrides):
+    """Unpadded chunks take flex with block masks built from block distance ranges, at a new offset each chunk."""
+    reference, fast = model_pair(4, "flex_attention", **overrides)
+    input_ids = torch.randint(3, 99, (1, 1000), device="cuda")
+    with torch.no_grad():
+        expected = reference(input_ids).logits[:, -1]
+        last, _ = fast.prefill(input_ids, chunk_size=192)
+    assert_close(last, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_log_probs_at_65536_match_fp32():
+    """No growth of bf16 error with position: the bias is an exact integer distance times a slope, in fp32.
+
+    A bias built as slope * absolute position in bf16 (BLOOM) is off by up to 128 at position 65,536 for the
+    steepest head; its attention, and so its log-probs, would drift from fp32 as positions grow.
+    """
+    length, n = 65_537, 256
+    config = tiny_config(8, hidden_size=512, intermediate_size=2048, num_hidden_layers=4, vocab_size=1000)
+    reference = AlibiForCausalLM(config).cuda().eval()  # fp32, the default backend (flex)
+    model = AlibiForCausalLM(config).cuda().eval().to(torch.bfloat16)
+    model.load_state_dict(reference.state_dict())
+    input_ids = torch.randint(3, 1000, (1, length), device="cuda")
+    keep = torch.cat([torch.arange(n), torch.arange(length - n, length)]).cuda()  # first and last 256 positions
+    with torch.no_grad():
+        expected = reference(input_ids, logits_to_keep=keep).logits.float().log_softmax(-1)
+        actual = model(input_ids, logits_to_keep=keep).logits.float().log_softmax(-1)
+    error = (actual - expected).abs()[0]  # (2n, vocab)
+    first, last = error[:n], error[n:]
+    assert_close(actual, expected, atol=5e-2, rtol=5e-2)  # bf16 tolerance
+    assert last.mean() < 1.5 * first.mean() + 1e-4, (first.mean(), last.mean())
+    assert last.max() < 1.5 * first.max() + 1e-3, (first.max(), last.max())
