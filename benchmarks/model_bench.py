@@ -19,10 +19,12 @@ Parts (`--parts`, default all; each case catches OOM and errors, records them an
              4K..32K, as in hf_peer_bench.py.
   decode     batch-1 greedy decode of 128 tokens after a 2,048-token prompt (time of the whole `generate` call,
              prompt included, as in the anchors): ours with the dynamic cache, ours with
-             `cache_implementation="static"` (generate compiles the step on CUDA), BLOOM, MPT; tokens/s and the
-             ratios to the peers (target >= 20x). Then the per-token decode time at 65,536 tokens of context
-             (dynamic cache here, static in the `long_static` extra; the faster one counts) against the HBM limit
-             (weight bytes + KV-cache bytes read per token) / (device-to-device copy bandwidth measured here).
+             `cache_implementation="static"` (generate compiles the step on CUDA), ours with
+             `modeling_alibi.decoding.graph_generate` (static cache, compiled step replayed as one CUDA graph per
+             token), BLOOM, MPT; tokens/s and the ratios to the peers (target >= 20x). Then the per-token decode
+             time at 65,536 tokens of context (dynamic cache and graph_generate here, generate-style static in the
+             `long_static` extra; the fastest counts) against the HBM limit (weight bytes + KV-cache bytes read
+             per token) / (device-to-device copy bandwidth measured here).
   precision  a smaller model (4 layers, d 512, 8 heads) in bf16 against the same weights in fp32 at 65,536
              tokens: max / mean |log-prob difference| over the first 256 and the last 256 positions (there should
              be no growth with position). Rows for the default backend and for sdpa (bias cast to bf16).
@@ -78,6 +80,7 @@ from transformers import BloomConfig, BloomForCausalLM, MptConfig, MptForCausalL
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
+from modeling_alibi.decoding import graph_generate  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()
 logging.getLogger("torch._inductor").setLevel(logging.ERROR)
@@ -440,6 +443,45 @@ class Bench:
         out["compiled"] = static and self.cuda
         return out
 
+    def graph_rate(self, model: AlibiForCausalLM) -> dict:
+        """`graph_generate` (static cache, compiled step, one CUDA graph per token): the whole call, as above."""
+        s = self.S
+        prompt = self.ids(s["decode_prompt"])
+        self.sync()
+        t0 = time.perf_counter()
+        graph_generate(model, prompt, s["decode_new"])  # compiles the step
+        self.sync()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = graph_generate(model, prompt, s["decode_new"])
+        self.sync()
+        dt = time.perf_counter() - t0
+        assert out.shape[1] == s["decode_prompt"] + s["decode_new"], out.shape
+        return dict(tok_s=round(s["decode_new"] / dt, 1), generate_s=round(dt, 3), first_call_s=round(first, 2),
+                    compiled=self.cuda)
+
+    def long_graph(self, model: AlibiForCausalLM) -> dict:
+        """Per-token time of `graph_generate` at `long_context` tokens of context: the difference of two calls that
+        differ only in new tokens (same cache size, so one compiled step), which cancels prefill and capture."""
+        s = self.S
+        length, few, many = s["long_context"], 4, 4 + 2 * s["long_steps"]
+        ids = self.ids(length)
+        run = lambda new: graph_generate(model, ids, new, max_cache_len=length + many)  # noqa: E731
+        self.sync()
+        t0 = time.perf_counter()
+        run(few)  # compiles
+        self.sync()
+        first = time.perf_counter() - t0
+        times = {}
+        for new in (few, many, few, many):
+            t0 = time.perf_counter()
+            run(new)
+            self.sync()
+            times.setdefault(new, []).append(time.perf_counter() - t0)
+        per_token = (min(times[many]) - min(times[few])) / (many - few)
+        return dict(context=length, first_call_s=round(first, 2), call_s=round(min(times[few]), 2),
+                    per_token_ms=round(1e3 * per_token, 3), compiled=self.cuda)
+
     def decode_part(self) -> dict:
         s = self.S
         return self.result.setdefault("decode", dict(prompt=s["decode_prompt"], new_tokens=s["decode_new"], rows=[],
@@ -457,6 +499,8 @@ class Bench:
         rows.append(dict(model="alibi static", **self.case("decode alibi static", self.generate_rate, model,
                                                             s["decode_new"], cache_implementation="static")))
         self.save()
+        rows.append(dict(model="alibi graph", **self.case("decode alibi graph", self.graph_rate, model)))
+        self.save()
         del model
         for name, make in self.peers():
             model = self.build(make)
@@ -466,6 +510,7 @@ class Bench:
         self.decode_ratios()
         model = self.ours()
         part["long"].append(dict(cache="dynamic", **self.case("decode long dynamic", self.long_decode, model, False)))
+        part["long"].append(dict(cache="graph", **self.case("decode long graph", self.long_graph, model)))
         self.hbm_limit(model)
         del model
         self.save()

@@ -105,7 +105,10 @@ class AlibiAttentionMask:
     query_padding: torch.Tensor | None = None  # (b, q) bool; flash-attn's varlen path compacts queries with it
     window: int | None = None  # config.attention_window
     max_distance: torch.Tensor | None = None  # (h,) fp32, T / m_h from config.alibi_truncation
-    block_mask: Any = None  # flex_attention's BlockMask, built lazily and shared by all layers
+    # Without padding, distance = query index + offset - key index. A Python int when known without reading the
+    # device (no cache or a dynamic one), so block masks need no sync and compiled layers no graph break.
+    offset: int | None = None
+    block_mask: Any = None  # flex_attention's BlockMask, built once per forward and shared by all layers
 
     @property
     def is_plain_causal(self) -> bool:
@@ -220,14 +223,19 @@ def _index_offset(mask: AlibiAttentionMask) -> torch.Tensor | None:
 
 
 def _flex_block_mask(mask: AlibiAttentionMask, q_len: int, k_len: int, device: torch.device) -> Any:
-    """Build the block mask once per forward; every layer reuses it. Fully masked blocks are never computed."""
+    """Build the block mask once per forward; every layer reuses it. Fully masked blocks are never computed.
+
+    torch.compile traces this too (cache hits and misses, without a graph break) as long as the offset is a
+    Python int, which it is without padding and without a static cache.
+    """
     if mask.block_mask is not None:
         return mask.block_mask
-    offset = _index_offset(mask)
+    offset = mask.offset
+    if offset is None and mask.key_padding is None:  # a full static cache: read the offset back once
+        offset = int(_index_offset(mask))
     window, max_distance = mask.window, mask.max_distance
     cache_key = None
     if offset is not None:
-        offset = int(offset)
         if max_distance is None:
             cache_key = (q_len, k_len, offset, window, str(device))
             if cache_key in _FLEX_BLOCK_MASKS:
@@ -343,6 +351,11 @@ def _flex_alibi(
 _compiled_flex_alibi = None
 
 
+def _uses_flex(device: torch.device, q_len: int) -> bool:
+    """Whether the flex backend runs its kernel for this call (else it hands over to SDPA)."""
+    return device.type == "cuda" and q_len >= FLEX_MIN_QUERY_LEN
+
+
 def flex_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -361,7 +374,7 @@ def flex_attention_forward(
             "flex_attention has no attention dropout. Set config.attention_dropout=0.0 for training, or load with "
             'attn_implementation="sdpa" (or "eager").'
         )
-    if not query.is_cuda or query.shape[2] < FLEX_MIN_QUERY_LEN:
+    if not _uses_flex(query.device, query.shape[2]):
         return sdpa_attention(module, query, key, value, mask, scaling, dropout)
     global _compiled_flex_alibi
     if _compiled_flex_alibi is None:
@@ -370,7 +383,10 @@ def flex_attention_forward(
         # repeats one shape; static runs ~1.5x faster than dynamic on an H200, benchmarks/attention_bench.py),
         # and the first new shape recompiles once with dynamic lengths that serve every later length.
         _compiled_flex_alibi = torch.compile(_flex_alibi)
-    block_mask = _flex_block_mask(mask, query.shape[2], key.shape[2], query.device)
+    # AlibiModel builds it before the layers; a call from elsewhere builds it here.
+    block_mask = mask.block_mask
+    if block_mask is None:
+        block_mask = _flex_block_mask(mask, query.shape[2], key.shape[2], query.device)
     slopes = mask.slopes.to(query.device) if mask.slopes is not None else None
     out = _compiled_flex_alibi(
         query, key, value, block_mask, scaling, slopes, _index_offset(mask), mask.query_positions, mask.key_positions
@@ -788,7 +804,8 @@ class AlibiModel(AlibiPreTrainedModel):
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = config.return_dict if return_dict is None else return_dict
-        use_cache = config.use_cache if use_cache is None else use_cache
+        # Training needs no cache: filling one copies every layer's keys and values.
+        use_cache = (config.use_cache and not self.training) if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False  # recomputation would append to the cache a second time
         if use_cache and past_key_values is None:
@@ -802,6 +819,9 @@ class AlibiModel(AlibiPreTrainedModel):
         if self.project_in is not None:
             hidden_states = self.project_in(hidden_states)
         mask = self._attention_mask(attention_mask, past_key_values, hidden_states)
+        if config._attn_implementation == "flex_attention" and _uses_flex(hidden_states.device, hidden_states.shape[1]):
+            # Here, not in the first layer, so the decoder layers compile without a graph break.
+            _flex_block_mask(mask, hidden_states.shape[1], mask.key_positions.shape[1], hidden_states.device)
         hidden_states, rotary = self._add_positions(hidden_states, mask.query_positions)
         hidden_states = self.dropout(hidden_states)
 
@@ -848,6 +868,22 @@ class AlibiModel(AlibiPreTrainedModel):
         past_length = cache.get_seq_length() if cache is not None else 0  # an int, or a 0-d tensor (static)
         kv_length, kv_offset = cache.get_mask_sizes(q_len, 0) if cache is not None else (q_len, 0)
         static = cache is not None and cache.is_compileable
+        slopes = max_distance = None
+        if self.config.position_encoding == "alibi":
+            slopes = alibi_slopes(self.config.num_attention_heads, self.config.alibi_bias_max, device=device)
+            if self.config.alibi_truncation is not None:
+                max_distance = self.config.alibi_truncation / slopes  # (h,): the penalty passes T beyond it
+        options = dict(slopes=slopes, window=self.config.attention_window, max_distance=max_distance)
+        if attention_mask is None and not static:
+            # Every token is real: positions are indices, and nothing is read back from the device (no sync, no
+            # graph break when compiled). This is the packed-training case.
+            return AlibiAttentionMask(
+                query_positions=(torch.arange(q_len, device=device) + past_length).expand(batch, q_len),
+                key_positions=(torch.arange(kv_length, device=device) + kv_offset).expand(batch, kv_length),
+                key_padding=None,
+                offset=past_length - kv_offset,
+                **options,
+            )
         if attention_mask is None:
             attention_mask = torch.ones(batch, int(past_length) + q_len, dtype=torch.long, device=device)
         elif not torch.compiler.is_compiling():
@@ -860,21 +896,17 @@ class AlibiModel(AlibiPreTrainedModel):
         key_padding = mask[:, kv_offset : kv_offset + kv_length] == 0  # (b, k)
         query_padding = mask[:, query_index] == 0  # (b, q)
         # A static cache always has empty slots until full; skipping the check keeps compiled decode graph-free.
+        offset = None
         if not static and not key_padding.any():
             key_padding = query_padding = None
-        slopes = max_distance = None
-        if self.config.position_encoding == "alibi":
-            slopes = alibi_slopes(self.config.num_attention_heads, self.config.alibi_bias_max, device=device)
-            if self.config.alibi_truncation is not None:
-                max_distance = self.config.alibi_truncation / slopes  # (h,): the penalty passes T beyond it
+            offset = past_length - kv_offset
         return AlibiAttentionMask(
             query_positions=positions[:, query_index],
             key_positions=positions[:, kv_offset : kv_offset + kv_length],
             key_padding=key_padding,
-            slopes=slopes,
             query_padding=query_padding,
-            window=self.config.attention_window,
-            max_distance=max_distance,
+            offset=offset,
+            **options,
         )
 
     def _add_positions(

@@ -1,0 +1,168 @@
+"""Where a training step and a decode step spend their time, for the WikiText-103-size model (model_bench sizes).
+
+Diagnostics behind docs/benchmarks.md, in one process on one GPU:
+
+  train    one fwd+bwd+fused-AdamW step at L=512 x 16 (bf16): wall ms, GPU-busy ms (profiler), the top kernels;
+           the same for `torch.compile(model)`, with dynamo's graph and graph-break count (torch._dynamo.explain).
+  decode   batch-1 greedy steps after a 2,048-token prompt into a StaticCache: eager steps, steps compiled as
+           generate() compiles them (mode="reduce-overhead": CUDA graphs), and the whole generate() call; wall
+           ms per token and GPU-busy ms per token. A GPU busy far less than the wall is host overhead.
+
+    python benchmarks/step_profile.py [--parts train,decode] [--out DIR]   # writes DIR/step_profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from transformers import StaticCache  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
+
+SIZES = dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=16, num_attention_heads=8, intermediate_size=4096)
+
+
+def build(**overrides) -> AlibiForCausalLM:
+    config = AlibiConfig(**SIZES, hidden_dropout=0.0, train_seq_len=512, **overrides)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AlibiForCausalLM(config)
+    return model.to(torch.bfloat16)
+
+
+def timed(fn, reps: int) -> float:
+    """Median wall ms of fn() with a sync after each call."""
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return sorted(times)[len(times) // 2]
+
+
+def gpu_busy(fn, reps: int, top: int = 12) -> tuple[float, list]:
+    """GPU kernel ms per call (sum of kernel times; overlap is rare in one stream) and the top kernels."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in events) / 1e3 / reps
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    kernels = [dict(name=e.key[:90], ms=round(e.self_device_time_total / 1e3 / reps, 3), calls=e.count // reps)
+               for e in events[:top]]
+    return total, kernels
+
+
+def train_part(result: dict) -> None:
+    x = torch.randint(3, 32000, (16, 512), device="cuda")
+    for label in ("eager", "compiled"):
+        model = build().train()
+        run = torch.compile(model) if label == "compiled" else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+        def step():
+            run(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        row = dict(model=label)
+        if label == "compiled":
+            explained = torch._dynamo.explain(model)(input_ids=x, labels=x)
+            row.update(graphs=explained.graph_count, graph_breaks=explained.graph_break_count,
+                       break_reasons=[str(r.reason)[:200] for r in explained.break_reasons][:8])
+            torch._dynamo.reset()
+            run = torch.compile(model)
+        for _ in range(3):
+            step()
+        row["wall_ms"] = round(timed(step, 8), 2)
+        row["gpu_ms"], row["top_kernels"] = gpu_busy(step, 3)
+        row["gpu_ms"] = round(row["gpu_ms"], 2)
+        row["tok_s"] = round(16 * 512 / row["wall_ms"] * 1e3)
+        result.setdefault("train", []).append(row)
+        print(f"train {label}: {row['wall_ms']} ms wall, {row['gpu_ms']} ms GPU, {row['tok_s']} tok/s",
+              {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
+        for k in row["top_kernels"]:
+            print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+        del model, run, opt
+        torch.cuda.empty_cache()
+
+
+def decode_part(result: dict) -> None:
+    model = build().eval()
+    prompt, steps = 2048, 64
+    ids = torch.randint(3, 32000, (1, prompt), device="cuda")
+    total = prompt + 3 * steps + 16
+    rows = result.setdefault("decode", [])
+    for label in ("eager", "compiled"):
+        cache = StaticCache(model.config, max_cache_len=total)
+        logits, cache = model.prefill(ids, past_key_values=cache)
+        mask = torch.zeros(1, total, dtype=torch.long, device="cuda")
+        mask[:, :prompt] = 1
+        step_model = torch.compile(model, mode="reduce-overhead") if label == "compiled" else model
+        state = dict(seen=prompt, token=logits.argmax(-1, keepdim=True))
+
+        def step():
+            mask[:, state["seen"]] = 1
+            state["seen"] += 1
+            with torch.no_grad():
+                out = step_model(state["token"], attention_mask=mask, past_key_values=cache, use_cache=True,
+                                 logits_to_keep=1).logits
+            state["token"] = out[:, -1].argmax(-1, keepdim=True)
+
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        for _ in range(4):
+            step()
+        wall = timed(step, steps)
+        busy, kernels = gpu_busy(step, 8, top=8)
+        rows.append(dict(step=label, first_s=round(first, 2), wall_ms=round(wall, 3), gpu_ms=round(busy, 3),
+                         top_kernels=kernels))
+        print(f"decode {label}: first {first:.2f} s, {wall:.3f} ms/token wall, {busy:.3f} ms GPU", flush=True)
+        for k in kernels:
+            print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+    for cache_implementation in ("static", None):
+        kwargs = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False, cache_implementation=cache_implementation)
+        model.generate(ids, **kwargs)  # compiles (static) and warms up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(ids, **kwargs)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        rows.append(dict(step=f"generate {cache_implementation or 'dynamic'}", tok_s=round(128 / dt, 1)))
+        print(f"generate {cache_implementation or 'dynamic'}: {128 / dt:.1f} tok/s (prompt included)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="train,decode")
+    parser.add_argument("--out", default=os.environ.get("OUT", "outputs"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("step_profile.py needs a CUDA GPU.")
+    torch._dynamo.config.cache_size_limit = 64
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__)
+    for part in args.parts.split(","):
+        {"train": train_part, "decode": decode_part}[part](result)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "step_profile.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
