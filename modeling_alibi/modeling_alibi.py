@@ -53,7 +53,7 @@ FLEX_BLOCK_SIZE = 128
 # ----------------------------------------------------------------------------------------------------------
 
 
-def alibi_slopes(num_heads: int, bias_max: float = 8.0, device: torch.device | str | None = None) -> torch.Tensor:
+def alibi_slopes(num_heads: int, bias_max: float = 8.0) -> torch.Tensor:
     """Per-head slopes m_h of Press et al. (2022), section 3. Shape (h,), float32.
 
     For a power-of-two head count H the slopes are 2^(-bias_max * k / H), k = 1..H. Otherwise the first
@@ -63,20 +63,35 @@ def alibi_slopes(num_heads: int, bias_max: float = 8.0, device: torch.device | s
     Args:
         num_heads: Number of attention heads.
         bias_max: The exponent range (8 in the paper).
-        device: Where to build them. The model builds them on its own device in every forward: no host copy,
-            so a compiled decode step stays one CUDA graph.
 
     Returns:
         A float32 tensor of shape (num_heads,).
     """
-    if device is not None and torch.device(device).type == "mps":  # no float64 there
-        return alibi_slopes(num_heads, bias_max).to(device)
     closest = 2 ** math.floor(math.log2(num_heads))
-    exponents = torch.arange(1, closest + 1, dtype=torch.float64, device=device) * (bias_max / closest)
+    exponents = torch.arange(1, closest + 1, dtype=torch.float64) * (bias_max / closest)
     if closest < num_heads:
-        odd = torch.arange(1, 2 * (num_heads - closest), 2, dtype=torch.float64, device=device)  # 1, 3, 5, ...
+        odd = torch.arange(1, 2 * (num_heads - closest), 2, dtype=torch.float64)  # 1, 3, 5, ...
         exponents = torch.cat([exponents, odd * (bias_max / (2 * closest))])
     return torch.pow(2.0, -exponents).float()
+
+
+# Slopes already on a device, by (heads, bias_max, device). Every forward needs them; making them there each time
+# would either copy from the host (which a CUDA graph cannot hold) or compute in float64 on the device (which
+# inductor fuses into the flex kernel, where float64 fails to compile).
+_DEVICE_SLOPES: dict[tuple[int, float, str], torch.Tensor] = {}
+
+
+def _device_slopes(num_heads: int, bias_max: float, device: torch.device) -> torch.Tensor:
+    key = (num_heads, bias_max, str(device))
+    slopes = _DEVICE_SLOPES.get(key)
+    if slopes is None:  # once per device; under torch.compile, a graph break on this first call only
+        slopes = _DEVICE_SLOPES[key] = _new_device_slopes(num_heads, bias_max, device)
+    return slopes
+
+
+@torch.compiler.disable
+def _new_device_slopes(num_heads: int, bias_max: float, device: torch.device) -> torch.Tensor:
+    return alibi_slopes(num_heads, bias_max).to(device)
 
 
 def alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
@@ -870,7 +885,7 @@ class AlibiModel(AlibiPreTrainedModel):
         static = cache is not None and cache.is_compileable
         slopes = max_distance = None
         if self.config.position_encoding == "alibi":
-            slopes = alibi_slopes(self.config.num_attention_heads, self.config.alibi_bias_max, device=device)
+            slopes = _device_slopes(self.config.num_attention_heads, self.config.alibi_bias_max, device)
             if self.config.alibi_truncation is not None:
                 max_distance = self.config.alibi_truncation / slopes  # (h,): the penalty passes T beyond it
         options = dict(slopes=slopes, window=self.config.attention_window, max_distance=max_distance)
