@@ -63,9 +63,28 @@ def test_bad_arguments_are_named():
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True], ids=["eager_step", "compiled_step"])
 def test_gpu_graph_generate_equals_generate(compile):
-    """The captured step replays the same computation: greedy tokens equal generate()'s, padded rows included."""
+    """The captured step replays the same computation: greedy tokens equal generate()'s, padded rows included,
+    on the first call (capture) and on a second call that replays the kept graph with another prompt."""
     _, model = model_pair(4, "flex_attention")
     input_ids, mask = (t.cuda() for t in prompts())
-    expected = model.generate(input_ids, attention_mask=mask, max_new_tokens=64, min_new_tokens=64, **GREEDY)
-    actual = graph_generate(model, input_ids, 64, attention_mask=mask, compile=compile)
-    assert torch.equal(actual, expected)
+    for ids, attention in ((input_ids, mask), (input_ids[:, 4:], mask[:, 4:])):
+        expected = model.generate(ids, attention_mask=attention, max_new_tokens=64, min_new_tokens=64, **GREEDY)
+        actual = graph_generate(model, ids, 64, attention_mask=attention, compile=compile, max_cache_len=100)
+        assert torch.equal(actual, expected)
+
+
+def test_second_call_reuses_the_decoder_and_matches():
+    """Reuse resets the cache in place: a second call with a shorter prompt equals generate() on it."""
+    import modeling_alibi.decoding as decoding
+
+    model = tiny_model(4, "sdpa")
+    input_ids, mask = prompts()
+    graph_generate(model, input_ids, 10, attention_mask=mask, max_cache_len=40)
+    decoder = decoding._DECODERS[id(model)]
+    shorter_ids, shorter_mask = input_ids[:, 5:], mask[:, 5:]
+    again = graph_generate(model, shorter_ids, 12, attention_mask=shorter_mask, max_cache_len=40)
+    assert decoding._DECODERS[id(model)] is decoder
+    expected = model.generate(shorter_ids, attention_mask=shorter_mask, max_new_tokens=12, min_new_tokens=12, **GREEDY)
+    assert torch.equal(again, expected)
+    decoding.release_decoders()
+    assert not decoding._DECODERS
