@@ -34,8 +34,14 @@ import math
 import os
 
 import torch
-import triton
-import triton.language as tl
+
+# In a `try` block because transformers' remote-code check (dynamic_module_utils.get_imports) skips imports there:
+# a Hub copy of this file then still loads where triton is missing, and modeling_alibi catches this ImportError.
+try:
+    import triton
+    import triton.language as tl
+except ImportError as error:
+    raise ImportError("alibi_triton needs triton, which CUDA builds of PyTorch install") from error
 
 __all__ = ["alibi_flash_attention", "is_supported", "autotune_report"]
 

@@ -15,6 +15,8 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The remote code: save_pretrained copies modeling_alibi.py and, following its relative imports, the other two.
+PAYLOAD = ("configuration_alibi.py", "modeling_alibi.py", "alibi_triton.py")
 
 MODEL_CARD = """---
 library_name: transformers
@@ -88,9 +90,9 @@ def export_for_hub(
 ) -> Path:
     """Write a complete Hub-ready folder, atomically.
 
-    The folder holds `config.json` (with `auto_map`), `generation_config.json`, `model.safetensors`, the two
-    remote-code files, the tokenizer if given, and a model card. It is assembled in a temporary folder beside
-    `output_dir` and renamed at the end, so a failure leaves nothing behind.
+    The folder holds `config.json` (with `auto_map`), `generation_config.json`, `model.safetensors`, the three
+    remote-code files (`PAYLOAD`), the tokenizer if given, and a model card. It is assembled in a temporary
+    folder beside `output_dir` and renamed at the end, so a failure leaves nothing behind.
 
     Args:
         model: An `AlibiForCausalLM`.
@@ -119,7 +121,7 @@ def export_for_hub(
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         write_model_card(model, staging, name or output_dir.name, license, datasets, notes)
-        missing = [f for f in ("modeling_alibi.py", "configuration_alibi.py", "model.safetensors") if not (staging / f).exists()]
+        missing = [f for f in (*PAYLOAD, "model.safetensors") if not (staging / f).exists()]
         if missing:
             raise RuntimeError(f"export is incomplete, {missing} were not written; is modeling_alibi imported?")
         if output_dir.exists():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch.testing import assert_close
+from transformers import DynamicCache
 
 import modeling_alibi.modeling_alibi as modeling
 from modeling_alibi import AlibiForCausalLM
@@ -157,6 +158,215 @@ def test_unpadded_block_mask_equals_create_block_mask(q_len, k_len, window, trun
     assert torch.equal(expected.to_dense().expand_as(actual.to_dense()), actual.to_dense())
 
 
+# --- The Triton kernel on flex's inference calls: dispatch, checked on CPU with a stand-in kernel ------------
+
+
+def flex_model(dtype: torch.dtype = torch.float16, **overrides) -> AlibiForCausalLM:
+    """4 heads; a wide init (0.2) so that attention is far from uniform and a wrong mask shows in the logits."""
+    model = tiny_model(4, "eager", initializer_range=0.2, **overrides).to(dtype)
+    model.config._attn_implementation = "flex_attention"  # transformers' own check wants CUDA
+    return model
+
+
+@pytest.fixture
+def forced_flex(monkeypatch) -> dict:
+    """flex_attention on CPU: a stand-in Triton kernel and a stand-in flex kernel, with their calls recorded.
+
+    The stand-in Triton kernel computes the kernel's documented function (test_alibi_triton's reference), so a
+    model whose calls it serves must still equal eager. Flex cannot run here: its stand-in returns zeros, and
+    block masks are a placeholder.
+    """
+    from test_alibi_triton import reference_attention
+
+    calls = {"triton": [], "flex": 0, "block_masks": 0}
+
+    def kernel(query, key, value, slopes, scale, offset=0, window=None, max_distance=None):
+        calls["triton"].append(dict(offset=offset, window=window, max_distance=max_distance))
+        q, k, v = (t.float() for t in (query, key, value))
+        return reference_attention(q, k, v, slopes, scale, offset, window, max_distance).to(query.dtype)
+
+    def flex(query, *args):
+        calls["flex"] += 1
+        return torch.zeros_like(query)
+
+    def block_mask(mask, *args):
+        calls["block_masks"] += 1
+        mask.block_mask = "block mask"
+        return mask.block_mask
+
+    monkeypatch.setattr(modeling, "_uses_flex", lambda device, q_len: q_len >= modeling.FLEX_MIN_QUERY_LEN)
+    monkeypatch.setattr(modeling, "alibi_flash_attention", kernel)
+    monkeypatch.setattr(modeling, "_triton_supported", lambda query: True)
+    monkeypatch.setattr(modeling, "_compiled_flex_alibi", flex)
+    monkeypatch.setattr(modeling, "_flex_block_mask", block_mask)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "overrides, offsets",
+    [
+        pytest.param({}, [0, 64, 128], id="full-cache"),
+        pytest.param(dict(attention_window=40), [0, 39, 39], id="window40"),  # the cache keeps 39 keys
+        pytest.param(dict(alibi_truncation=4.0), [0, 64, 128], id="trunc4"),
+    ],
+)
+def test_unpadded_inference_runs_the_triton_kernel(forced_flex, overrides, offsets):
+    """A prompt fed in chunks with a cache: each chunk reaches the kernel at offset = the cached key count.
+
+    fp16 against fp32 eager: the error is fp16 rounding (~5e-3); an offset off by one gives ~1.6.
+    """
+    model = flex_model(**overrides)
+    reference = tiny_model(4, "eager", initializer_range=0.2, **overrides)
+    input_ids = torch.randint(3, 99, (2, 192))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        expected = reference(input_ids).logits
+        chunks = [model(input_ids[:, s : s + 64], past_key_values=cache, use_cache=True).logits for s in (0, 64, 128)]
+    layers = model.config.num_hidden_layers
+    assert [call["offset"] for call in forced_flex["triton"]] == [offset for offset in offsets for _ in range(layers)]
+    for call in forced_flex["triton"]:
+        assert call["window"] == model.config.attention_window
+        if model.config.alibi_truncation is None:
+            assert call["max_distance"] is None
+        else:
+            assert_close(call["max_distance"], 4.0 / modeling.alibi_slopes(4))
+    assert forced_flex["flex"] == forced_flex["block_masks"] == 0  # no block mask is built for nothing
+    assert_close(torch.cat(chunks, 1).float(), expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "case", ["padded", "grad-enabled", "frozen-embeddings", "fp32", "rotary", "learned", "switched-off"]
+)
+def test_other_calls_keep_flex(forced_flex, monkeypatch, case):
+    """Padded batches, calls that need gradients, fp32, the non-ALiBi baselines and TRITON_INFERENCE = False.
+
+    Adapters on frozen embeddings need gradients too; fp32 would round to TF32 in Triton's tl.dot. The block
+    mask of these calls is still built once, before the first layer.
+    """
+    encoding = dict(position_encoding=case) if case in ("rotary", "learned") else {}
+    model = flex_model(torch.float32 if case == "fp32" else torch.float16, max_position_embeddings=256, **encoding)
+    monkeypatch.setattr(modeling, "TRITON_INFERENCE", case != "switched-off")
+    input_ids, mask = torch.randint(3, 99, (2, 100)), torch.ones(2, 100, dtype=torch.long)
+    if case == "padded":
+        mask[1, :5] = 0
+    if case == "frozen-embeddings":
+        model.model.embed_tokens.requires_grad_(False)
+    built_before_layers = []
+    model.model.layers[0].register_forward_pre_hook(lambda *_: built_before_layers.append(forced_flex["block_masks"]))
+    with torch.set_grad_enabled(case in ("grad-enabled", "frozen-embeddings")):
+        model(input_ids, attention_mask=mask)
+    assert forced_flex["triton"] == []
+    assert forced_flex["flex"] == model.config.num_hidden_layers
+    assert built_before_layers == [1] and forced_flex["block_masks"] == 1
+
+
+def test_triton_needs_each_query_key_with_a_window(forced_flex):
+    """offset + q_len > k_len (queries past the keys) is fine without a window, refused by the kernel with one."""
+    query = torch.randn(1, 4, 64, 8, dtype=torch.float16)
+    key = torch.randn(1, 4, 80, 8, dtype=torch.float16)
+
+    def attend(window, offset):
+        mask = modeling.AlibiAttentionMask(
+            query_positions=torch.arange(64)[None] + offset, key_positions=torch.arange(80)[None],
+            key_padding=None, slopes=modeling.alibi_slopes(4), window=window, offset=offset,
+        )
+        modeling.flex_attention_forward(None, query, key, key, mask, scaling=0.125)
+
+    attend(window=None, offset=20)
+    attend(window=30, offset=16)  # 16 + 64 == 80 keys
+    assert [call["offset"] for call in forced_flex["triton"]] == [20, 16]
+    attend(window=30, offset=20)
+    assert len(forced_flex["triton"]) == 2 and forced_flex["flex"] == 1
+
+
+def test_leaf_tensors_that_require_grad_take_triton_under_no_grad(forced_flex):
+    """Under no_grad nothing records a graph, whatever the inputs' requires_grad says."""
+    query = torch.randn(1, 4, 64, 8, dtype=torch.float16, requires_grad=True)
+    mask = modeling.AlibiAttentionMask(
+        query_positions=torch.arange(64)[None], key_positions=torch.arange(64)[None], key_padding=None,
+        slopes=modeling.alibi_slopes(4), offset=0,
+    )
+    modeling.flex_attention_forward(None, query, query, query, mask, scaling=0.125)
+    assert forced_flex["flex"] == 1 and forced_flex["triton"] == []
+    with torch.no_grad():
+        modeling.flex_attention_forward(None, query, query, query, mask, scaling=0.125)
+    assert len(forced_flex["triton"]) == 1
+
+
+# Runs in a fresh interpreter with TRITON_INTERPRET=1 (it must be set before triton is imported): the real
+# kernel inside an fp16 flex model on CPU. For each case in argv[1] it records the kernel's offsets and the
+# largest logit error of that model and of the same fp16 model on SDPA, both against fp32 eager.
+_INTERPRETED_MODEL = r"""
+import json, sys
+import torch
+import modeling_alibi.modeling_alibi as modeling
+from modeling_alibi import AlibiConfig, AlibiForCausalLM
+
+modeling._uses_flex = lambda device, q_len: q_len >= modeling.FLEX_MIN_QUERY_LEN
+modeling._triton_supported = lambda query: True
+kernel, offsets = modeling.alibi_flash_attention, []
+def recorded(*args, **kwargs):
+    offsets.append(kwargs["offset"])
+    return kernel(*args, **kwargs)
+modeling.alibi_flash_attention = recorded
+
+def model(backend, overrides):
+    torch.manual_seed(0)
+    config = AlibiConfig(vocab_size=99, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=256, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                         initializer_range=0.2, **overrides)
+    model = AlibiForCausalLM._from_config(config, attn_implementation="eager").eval()
+    model.config._attn_implementation = backend  # flex: transformers' own check wants CUDA
+    return model if backend == "eager" else model.to(torch.float16)
+
+results = {}
+for name, overrides in json.loads(sys.argv[1]).items():
+    offsets.clear()
+    input_ids = torch.randint(3, 99, (2, 200), generator=torch.Generator().manual_seed(1))
+    errors = {}
+    with torch.no_grad():
+        expected = model("eager", overrides).prefill(input_ids, chunk_size=64)[0]
+        for backend in ("sdpa", "flex_attention"):  # chunks of 64, 64, 64 and 8 (the last one on SDPA)
+            actual = model(backend, overrides).prefill(input_ids, chunk_size=64)[0]
+            errors[backend] = (actual.float() - expected).abs().max().item()
+    results[name] = {"offsets": list(offsets), "errors": errors}
+print(json.dumps(results))
+"""
+
+INTERPRETED_CASES = {  # name: (config overrides, the kernel's offset for each chunk)
+    "full-cache": ({}, [0, 64, 128]),
+    "window50-trunc4": (dict(attention_window=50, alibi_truncation=4.0), [0, 49, 49]),  # 49 keys kept
+}
+
+
+@pytest.fixture(scope="module")
+def interpreted_model() -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if modeling.alibi_flash_attention is None:
+        pytest.skip("triton is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
+    cases = {name: overrides for name, (overrides, _) in INTERPRETED_CASES.items()}
+    run = subprocess.run([sys.executable, "-c", _INTERPRETED_MODEL, json.dumps(cases)], cwd=repo, capture_output=True,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(INTERPRETED_CASES))
+def test_interpreted_kernel_in_the_model_matches_eager(interpreted_model, name):
+    """The real kernel (Triton's CPU interpreter) as flex_attention_forward calls it: strides, offsets, masks."""
+    result, offsets = interpreted_model[name], INTERPRETED_CASES[name][1]
+    assert result["offsets"] == [offset for offset in offsets for _ in range(2)]  # two layers
+    errors = result["errors"]  # fp16 rounding: the kernel's error is that of fp16 SDPA (an offset off by one: ~1)
+    assert errors["flex_attention"] <= 1.5 * errors["sdpa"] + 1e-2, errors
+
+
 # --- GPU: FlexAttention and SDPA at 8,192 tokens in bf16 -----------------------------------------------------
 
 
@@ -192,3 +402,78 @@ def test_gpu_bf16_matches_eager_at_8192(num_heads, implementation):
     # bf16 tolerance: both sides round activations to 8 significant bits, layer by layer.
     assert_close(actual, expected, atol=5e-2, rtol=5e-2)
     assert (actual - expected).abs().mean() < 5e-3
+
+
+# --- GPU: the Triton kernel on flex's inference calls, against fp32 eager ------------------------------------
+
+
+def record_kernel_offsets(monkeypatch) -> list[int]:
+    """Wrap the real Triton kernel: the offsets of its calls, so a test knows it ran."""
+    kernel = modeling.alibi_flash_attention
+    assert kernel is not None, "triton is missing on this CUDA machine"
+    offsets = []
+
+    def recorded(*args, **kwargs):
+        offsets.append(kwargs["offset"])
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "alibi_flash_attention", recorded)
+    return offsets
+
+
+TRITON_OPTIONS = [pytest.param({}, id="full"), pytest.param(dict(attention_window=100), id="window100"),
+                  pytest.param(dict(alibi_truncation=4.0), id="trunc4")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("overrides", TRITON_OPTIONS)
+@pytest.mark.parametrize("chunk_size", [None, 192], ids=["one-forward", "prefill192"])
+def test_gpu_triton_inference_matches_eager(monkeypatch, chunk_size, overrides):
+    """bf16 flex model under no_grad runs the Triton kernel, as close to fp32 eager as flex's own kernel.
+
+    Chunked prefill gives new offsets per chunk (the cached key count: 99 kept keys with the window); its last
+    chunk of 40 < FLEX_MIN_QUERY_LEN queries takes SDPA. The init is wider than the default 0.02 so that
+    attention is far from uniform: an offset off by one then moves log-probs by ~1 against ~0.1 of bf16 rounding
+    (measured on CPU with a stand-in kernel); at 0.02 it hides in the rounding.
+    """
+    reference, fast = model_pair(8, "flex_attention", initializer_range=0.1, **overrides)  # head dim 64
+    fast.to(torch.bfloat16)
+    offsets = record_kernel_offsets(monkeypatch)
+    input_ids = torch.randint(3, 99, (2, 1000), device="cuda")
+
+    def log_probs(model):
+        with torch.no_grad():
+            if chunk_size is None:
+                logits = model(input_ids).logits
+            else:
+                logits = model.prefill(input_ids, chunk_size=chunk_size)[0][:, None]  # last position
+        return logits.float().log_softmax(-1)
+
+    expected = log_probs(reference)
+    monkeypatch.setattr(modeling, "TRITON_INFERENCE", False)
+    flex = log_probs(fast)
+    assert offsets == []
+    monkeypatch.setattr(modeling, "TRITON_INFERENCE", True)
+    actual = log_probs(fast)
+    size = chunk_size or 1000
+    starts = [start for start in range(0, 1000, size) if min(size, 1000 - start) >= modeling.FLEX_MIN_QUERY_LEN]
+    window = overrides.get("attention_window")
+    expected_offsets = [start if window is None else min(start, window - 1) for start in starts]
+    assert offsets == [offset for offset in expected_offsets for _ in range(fast.config.num_hidden_layers)]
+    assert_close(flex, expected, atol=5e-2, rtol=5e-2)  # bf16 tolerance
+    assert_close(actual, expected, atol=5e-2, rtol=5e-2)
+    flex_error, triton_error = (flex - expected).abs().max(), (actual - expected).abs().max()
+    assert triton_error <= 1.5 * flex_error + 1e-2, (triton_error, flex_error)
+
+
+@pytest.mark.gpu
+def test_gpu_training_forward_keeps_flex(monkeypatch):
+    """Forward + backward: the kernel's backward is no faster than flex's, so gradients stay on flex."""
+    _, model = model_pair(8, "flex_attention", dtype=torch.bfloat16)
+    offsets = record_kernel_offsets(monkeypatch)
+    input_ids = torch.randint(3, 99, (2, 512), device="cuda")
+    model.train()(input_ids, labels=input_ids).loss.backward()
+    assert offsets == []
+    with torch.no_grad():
+        model.eval()(input_ids)
+    assert offsets == [0] * model.config.num_hidden_layers
