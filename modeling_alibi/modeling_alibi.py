@@ -398,8 +398,11 @@ def _uses_triton(mask: AlibiAttentionMask, query: torch.Tensor, requires_grad: b
         and mask.key_padding is None  # the kernel takes one offset for the batch, not per-row positions
         and mask.offset is not None
         and mask.offset >= 0
-        # With a window or truncation the kernel needs each query's own key among the keys.
-        and (mask.offset + q_len <= k_len or (mask.window is None and mask.max_distance is None))
+        # Per-head windows (alibi_truncation) gave NaN rows in the model on an H100 (tests/test_attention_backends.py
+        # ::test_gpu_triton_inference_matches_eager[trunc4]); flex's block skipping serves them, fast already.
+        and mask.max_distance is None
+        # With a window the kernel needs each query's own key among the keys.
+        and (mask.offset + q_len <= k_len or mask.window is None)
         # fp32 stays on flex: Triton's tl.dot rounds fp32 tiles to TF32, flex follows torch (IEEE by default).
         and query.dtype in (torch.float16, torch.bfloat16)
         and _triton_supported(query)
@@ -954,7 +957,8 @@ class AlibiModel(AlibiPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones(batch, int(past_length) + q_len, dtype=torch.long, device=device)
         elif not torch.compiler.is_compiling():
-            _check_attention_mask(attention_mask, batch, int(past_length) + q_len, static)
+            # A static cache's length is a device tensor: reading it would sync (and break CUDA-graph capture).
+            _check_attention_mask(attention_mask, batch, q_len if static else past_length + q_len, static)
         mask = attention_mask.to(device=device, dtype=torch.long)
         if mask.shape[1] < kv_offset + kv_length:
             mask = F.pad(mask, (0, kv_offset + kv_length - mask.shape[1]))  # (b, m): empty slots count as padding
@@ -983,7 +987,10 @@ class AlibiModel(AlibiPreTrainedModel):
         encoding, rotary = self.config.position_encoding, None
         positions = positions.clamp(min=0)  # padding has position -1; its value is masked anyway
         if encoding == "learned":
-            if int(positions.max()) >= self.config.max_position_embeddings:
+            # The check reads a device value: skipped inside compiled graphs and CUDA-graph capture.
+            capturing = positions.is_cuda and torch.cuda.is_current_stream_capturing()
+            checked = not (capturing or torch.compiler.is_compiling())
+            if checked and int(positions.max()) >= self.config.max_position_embeddings:
                 raise ValueError(
                     f"Position {int(positions.max())} is past max_position_embeddings="
                     f"{self.config.max_position_embeddings} of this learned-position model; ALiBi has no such limit."

@@ -60,6 +60,14 @@ def _seed_and_dtype():
     yield
 
 
+# One test process compiles the flex kernel for many configurations (head counts, dtypes, windows, score_mods).
+# Past Dynamo's default limit of 8 recompiles it would run flex eagerly, which materializes the scores (128 GiB at
+# 65,536 tokens). A model in use sees a handful of configurations; this test session sees dozens.
+for _name in ("recompile_limit", "cache_size_limit"):
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, 64)
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests skip cleanly on machines without CUDA (the default marker filter deselects them anyway)."""
     if torch.cuda.is_available():

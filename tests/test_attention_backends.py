@@ -207,7 +207,6 @@ def forced_flex(monkeypatch) -> dict:
     [
         pytest.param({}, [0, 64, 128], id="full-cache"),
         pytest.param(dict(attention_window=40), [0, 39, 39], id="window40"),  # the cache keeps 39 keys
-        pytest.param(dict(alibi_truncation=4.0), [0, 64, 128], id="trunc4"),
     ],
 )
 def test_unpadded_inference_runs_the_triton_kernel(forced_flex, overrides, offsets):
@@ -225,25 +224,24 @@ def test_unpadded_inference_runs_the_triton_kernel(forced_flex, overrides, offse
     layers = model.config.num_hidden_layers
     assert [call["offset"] for call in forced_flex["triton"]] == [offset for offset in offsets for _ in range(layers)]
     for call in forced_flex["triton"]:
-        assert call["window"] == model.config.attention_window
-        if model.config.alibi_truncation is None:
-            assert call["max_distance"] is None
-        else:
-            assert_close(call["max_distance"], 4.0 / modeling.alibi_slopes(4))
+        assert call["window"] == model.config.attention_window and call["max_distance"] is None
     assert forced_flex["flex"] == forced_flex["block_masks"] == 0  # no block mask is built for nothing
     assert_close(torch.cat(chunks, 1).float(), expected, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize(
-    "case", ["padded", "grad-enabled", "frozen-embeddings", "fp32", "rotary", "learned", "switched-off"]
+    "case", ["padded", "grad-enabled", "frozen-embeddings", "fp32", "rotary", "learned", "truncated", "switched-off"]
 )
 def test_other_calls_keep_flex(forced_flex, monkeypatch, case):
-    """Padded batches, calls that need gradients, fp32, the non-ALiBi baselines and TRITON_INFERENCE = False.
+    """Padded batches, calls that need gradients, fp32, the non-ALiBi baselines, ALiBi truncation (per-head
+    windows; the kernel gave NaN rows with them on an H100) and TRITON_INFERENCE = False.
 
     Adapters on frozen embeddings need gradients too; fp32 would round to TF32 in Triton's tl.dot. The block
     mask of these calls is still built once, before the first layer.
     """
     encoding = dict(position_encoding=case) if case in ("rotary", "learned") else {}
+    if case == "truncated":
+        encoding = dict(alibi_truncation=4.0)
     model = flex_model(torch.float32 if case == "fp32" else torch.float16, max_position_embeddings=256, **encoding)
     monkeypatch.setattr(modeling, "TRITON_INFERENCE", case != "switched-off")
     input_ids, mask = torch.randint(3, 99, (2, 100)), torch.ones(2, 100, dtype=torch.long)
@@ -335,7 +333,7 @@ print(json.dumps(results))
 
 INTERPRETED_CASES = {  # name: (config overrides, the kernel's offset for each chunk)
     "full-cache": ({}, [0, 64, 128]),
-    "window50-trunc4": (dict(attention_window=50, alibi_truncation=4.0), [0, 49, 49]),  # 49 keys kept
+    "window50": (dict(attention_window=50), [0, 49, 49]),  # 49 keys kept
 }
 
 
@@ -459,11 +457,14 @@ def test_gpu_triton_inference_matches_eager(monkeypatch, chunk_size, overrides):
     starts = [start for start in range(0, 1000, size) if min(size, 1000 - start) >= modeling.FLEX_MIN_QUERY_LEN]
     window = overrides.get("attention_window")
     expected_offsets = [start if window is None else min(start, window - 1) for start in starts]
+    if "alibi_truncation" in overrides:
+        expected_offsets = []  # per-head windows stay on flex (NaN rows from the kernel on an H100)
     assert offsets == [offset for offset in expected_offsets for _ in range(fast.config.num_hidden_layers)]
-    assert_close(flex, expected, atol=5e-2, rtol=5e-2)  # bf16 tolerance
-    assert_close(actual, expected, atol=5e-2, rtol=5e-2)
-    flex_error, triton_error = (flex - expected).abs().max(), (actual - expected).abs().max()
-    assert triton_error <= 1.5 * flex_error + 1e-2, (triton_error, flex_error)
+    # bf16 against fp32: the kernel must be as close as flex's own kernel, at the largest and on average.
+    flex_error, triton_error = (flex - expected).abs(), (actual - expected).abs()
+    assert torch.isfinite(actual).all()
+    assert triton_error.max() <= 1.5 * flex_error.max() + 1e-2, (triton_error.max(), flex_error.max())
+    assert triton_error.mean() <= 1.5 * flex_error.mean() + 1e-3, (triton_error.mean(), flex_error.mean())
 
 
 @pytest.mark.gpu
