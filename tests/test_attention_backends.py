@@ -206,7 +206,6 @@ def forced_flex(monkeypatch) -> dict:
     "overrides, offsets",
     [
         pytest.param({}, [0, 64, 128], id="full-cache"),
-        pytest.param(dict(attention_window=40), [0, 39, 39], id="window40"),  # the cache keeps 39 keys
     ],
 )
 def test_unpadded_inference_runs_the_triton_kernel(forced_flex, overrides, offsets):
@@ -230,18 +229,19 @@ def test_unpadded_inference_runs_the_triton_kernel(forced_flex, overrides, offse
 
 
 @pytest.mark.parametrize(
-    "case", ["padded", "grad-enabled", "frozen-embeddings", "fp32", "rotary", "learned", "truncated", "switched-off"]
+    "case",
+    ["padded", "grad-enabled", "frozen-embeddings", "fp32", "rotary", "learned", "windowed", "truncated", "switched-off"],
 )
 def test_other_calls_keep_flex(forced_flex, monkeypatch, case):
-    """Padded batches, calls that need gradients, fp32, the non-ALiBi baselines, ALiBi truncation (per-head
-    windows; the kernel gave NaN rows with them on an H100) and TRITON_INFERENCE = False.
+    """Padded batches, calls that need gradients, fp32, the non-ALiBi baselines, windows and ALiBi truncation
+    (the kernel gave NaN rows with them inside the model on an H100) and TRITON_INFERENCE = False.
 
     Adapters on frozen embeddings need gradients too; fp32 would round to TF32 in Triton's tl.dot. The block
     mask of these calls is still built once, before the first layer.
     """
     encoding = dict(position_encoding=case) if case in ("rotary", "learned") else {}
-    if case == "truncated":
-        encoding = dict(alibi_truncation=4.0)
+    if case in ("windowed", "truncated"):
+        encoding = dict(attention_window=40) if case == "windowed" else dict(alibi_truncation=4.0)
     model = flex_model(torch.float32 if case == "fp32" else torch.float16, max_position_embeddings=256, **encoding)
     monkeypatch.setattr(modeling, "TRITON_INFERENCE", case != "switched-off")
     input_ids, mask = torch.randint(3, 99, (2, 100)), torch.ones(2, 100, dtype=torch.long)
@@ -258,8 +258,8 @@ def test_other_calls_keep_flex(forced_flex, monkeypatch, case):
     assert built_before_layers == [1] and forced_flex["block_masks"] == 1
 
 
-def test_triton_needs_each_query_key_with_a_window(forced_flex):
-    """offset + q_len > k_len (queries past the keys) is fine without a window, refused by the kernel with one."""
+def test_windowed_calls_stay_on_flex_and_offsets_pass_through(forced_flex):
+    """Queries past the keys (offset + q_len > k_len) reach the kernel unwindowed; a window keeps flex."""
     query = torch.randn(1, 4, 64, 8, dtype=torch.float16)
     key = torch.randn(1, 4, 80, 8, dtype=torch.float16)
 
@@ -271,10 +271,8 @@ def test_triton_needs_each_query_key_with_a_window(forced_flex):
         modeling.flex_attention_forward(None, query, key, key, mask, scaling=0.125)
 
     attend(window=None, offset=20)
-    attend(window=30, offset=16)  # 16 + 64 == 80 keys
-    assert [call["offset"] for call in forced_flex["triton"]] == [20, 16]
-    attend(window=30, offset=20)
-    assert len(forced_flex["triton"]) == 2 and forced_flex["flex"] == 1
+    attend(window=30, offset=16)
+    assert [call["offset"] for call in forced_flex["triton"]] == [20] and forced_flex["flex"] == 1
 
 
 def test_leaf_tensors_that_require_grad_take_triton_under_no_grad(forced_flex):
@@ -333,7 +331,6 @@ print(json.dumps(results))
 
 INTERPRETED_CASES = {  # name: (config overrides, the kernel's offset for each chunk)
     "full-cache": ({}, [0, 64, 128]),
-    "window50": (dict(attention_window=50), [0, 49, 49]),  # 49 keys kept
 }
 
 
@@ -457,8 +454,8 @@ def test_gpu_triton_inference_matches_eager(monkeypatch, chunk_size, overrides):
     starts = [start for start in range(0, 1000, size) if min(size, 1000 - start) >= modeling.FLEX_MIN_QUERY_LEN]
     window = overrides.get("attention_window")
     expected_offsets = [start if window is None else min(start, window - 1) for start in starts]
-    if "alibi_truncation" in overrides:
-        expected_offsets = []  # per-head windows stay on flex (NaN rows from the kernel on an H100)
+    if overrides:
+        expected_offsets = []  # windows stay on flex (NaN rows from the kernel inside the model on an H100)
     assert offsets == [offset for offset in expected_offsets for _ in range(fast.config.num_hidden_layers)]
     # bf16 against fp32: the kernel must be as close as flex's own kernel, at the largest and on average.
     flex_error, triton_error = (flex - expected).abs(), (actual - expected).abs()
