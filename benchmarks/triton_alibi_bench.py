@@ -22,25 +22,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import median_ms  # noqa: E402
+
 HEADS, HEAD_DIM, TOKENS = 8, 128, 16384
 LENGTHS = (1024, 4096, 16384, 65536)
 SCALE = 1 / math.sqrt(HEAD_DIM)
-
-
-def bench(fn, reps: int) -> float:
-    """Median milliseconds of `reps` calls after 3 warmup calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def causal_tflops(batch: int, length: int, ms: float, backward: bool) -> float:
@@ -106,7 +93,7 @@ def run_case(name: str, fn, batch: int, length: int, backward: bool) -> dict:
 
     row = dict(case=name, B=batch, L=length, bwd=backward)
     try:
-        ms = bench(step, reps=10 if length >= 16384 else 20)
+        ms = median_ms(step, reps=10 if length >= 16384 else 20)
         row.update(ms=round(ms, 3), tflops=round(causal_tflops(batch, length, ms, backward), 1))
     except torch.OutOfMemoryError:
         row.update(ms=None, tflops=None, error="OOM")

@@ -420,7 +420,7 @@ def flex_attention_forward(
     """FlexAttention with ALiBi as a `score_mod` in fp32: no (b, h, q, k) tensor is ever built.
 
     CPU tensors and short query blocks (decode steps) take the SDPA path, which computes the same function.
-    Unpadded half-precision ALiBi calls without autograd take the Triton kernel (`_uses_triton`).
+    Unpadded, plain-causal half-precision ALiBi calls without autograd take the Triton kernel (`_uses_triton`).
     """
     if dropout > 0.0:
         raise ValueError(
