@@ -105,6 +105,9 @@ class TrainArguments:
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(default=None, metadata={
         "help": "Autocast precision; None takes it from `accelerate launch` / `accelerate config`."})
     seed: int = field(default=0, metadata={"help": "Seed of weight init, data order and dropout."})
+    torch_compile: bool = field(default=False, metadata={
+        "help": "Run the training forward and backward through torch.compile (one graph: packed batches need no "
+                "attention mask). The first steps compile; evaluation and export use the plain model."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     # Evaluation, logging, checkpoints
     eval_every: int = field(default=0, metadata={"help": "Validate every N steps and at the end; 0 = only at the end."})
@@ -378,6 +381,9 @@ def train_loop(
 ) -> None:
     """Run optimizer steps `step + 1 .. max_steps`, validating, logging and checkpointing on the way."""
     train_loader, eval_loader = loaders
+    # Compiled for the training step only: the wrapper shares the parameters, and evaluation (another shape,
+    # no grad) and export keep the plain module.
+    forward = torch.compile(model) if args.torch_compile else model
     # Resume position: step N has consumed N * k micro-batches (k = accumulation) of the seeded epoch order.
     epoch, skip = divmod(step * args.gradient_accumulation_steps, len(train_loader))
     meter = _Meter(_tokens_per_step(args, accelerator.num_processes), step)
@@ -386,7 +392,7 @@ def train_loop(
         train_loader.set_epoch(epoch)
         for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
             with accelerator.accumulate(model):
-                loss = model(**batch, use_cache=False).loss
+                loss = forward(**batch, use_cache=False).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -166,6 +166,24 @@ def test_cpu_run_exports_a_loadable_model(workdir: Path):
         torch.testing.assert_close(tensor, first[name], rtol=0, atol=0, msg=name)
 
 
+def test_compiled_training_follows_the_eager_run(workdir: Path):
+    """torch_compile=True trains the same model and exports it with its plain parameter names (~12 s on 2 cores,
+    most of it inductor compiling forward and backward for the CPU)."""
+    # Dropout off: inductor draws its own random masks, so only a deterministic model can match step by step.
+    eager = train(run_args(workdir, "eager-run", dropout=0.0))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    compiled = train(run_args(workdir, "compiled-run", dropout=0.0, torch_compile=True))
+    expected, actual = final_weights(eager.parent), final_weights(compiled.parent)
+    assert actual.keys() == expected.keys()  # no "_orig_mod." prefixes
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-3, atol=1e-4, msg=name)
+    losses, compiled_losses = metrics(eager.parent), metrics(compiled.parent)
+    assert losses.keys() == compiled_losses.keys()
+    for step in losses:
+        assert abs(losses[step] - compiled_losses[step]) < 1e-3, (step, losses[step], compiled_losses[step])
+
+
 def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):
     # 2 micro-batches per step; the crash comes after step 6, i.e. micro-batch 12, past an epoch end and
     # mid-epoch, so resuming needs both the next epoch's order and the skip within it.
