@@ -9,9 +9,10 @@ preallocated buffers, so it is captured once as a CUDA graph and replayed per to
     from modeling_alibi.decoding import graph_generate
     sequences = graph_generate(model, input_ids, max_new_tokens=128)   # greedy; do_sample=True to sample
 
-The cache is a `StaticCache` sized prompt + max_new_tokens (a sliding-window one when the model has
-`attention_window`), so positions far beyond the training length are plain integers in the ALiBi bias. On CPU,
-or with `cuda_graph=False`, the same step runs as an ordinary loop; greedy results equal `generate`'s.
+The cache is a `StaticCache` of prompt + max_new_tokens slots (or `max_cache_len`; a sliding-window cache when the
+model has `attention_window`), so positions far beyond the training length are plain integers in the ALiBi bias.
+The cache and the graph are kept for the next call with the same settings. On CPU, or with `cuda_graph=False`,
+the same step runs as an ordinary loop; greedy results equal `generate`'s.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class _DecodeState:
     mask: torch.Tensor  # (b, prompt + new) long: 1 for real tokens so far, 0 for padding and future slots
     token: torch.Tensor  # (b, 1) long: the token fed to the next step
     slot: torch.Tensor  # (1,) long: the mask column of `token`
-    generated: torch.Tensor  # (b, new) long
+    generated: torch.Tensor  # (b, cache slots) long: the new tokens, then padding
     count: torch.Tensor  # (1,) long: tokens written to `generated`
     finished: torch.Tensor  # (b,) bool
 
@@ -91,7 +92,11 @@ def graph_generate(
     total = prompt + max_new_tokens if max_cache_len is None else max_cache_len
     if total < prompt + max_new_tokens:
         raise ValueError(f"max_cache_len={total} cannot hold {prompt} prompt + {max_new_tokens} new tokens.")
-    settings = (batch, total, str(device), do_sample, temperature, top_k, eos_token_id, pad_token_id, compile)
+    # The weights' address too: a captured graph reads the parameters it saw, so moved or reloaded weights (e.g.
+    # model.half()) need a new decoder.
+    weights = next(model.parameters())
+    settings = (batch, total, str(device), do_sample, temperature, top_k, eos_token_id, pad_token_id, compile,
+                weights.dtype, weights.data_ptr())
     decoder = _DECODERS.get(id(model))
     if decoder is None or decoder.settings != settings:
         _DECODERS.clear()  # one per process: its cache holds device memory
@@ -115,7 +120,7 @@ class _Decoder:
     """
 
     def __init__(self, model: AlibiForCausalLM, settings: tuple, choose):
-        batch, total, device, _, _, _, eos_token_id, pad_token_id, compile = settings
+        batch, total, device, _, _, _, eos_token_id, pad_token_id, compile, _, _ = settings
         self.model, self.settings, self.choose = model, settings, choose
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.forward = _compiled(model) if compile else model

@@ -88,3 +88,16 @@ def test_second_call_reuses_the_decoder_and_matches():
     assert torch.equal(again, expected)
     decoding.release_decoders()
     assert not decoding._DECODERS
+
+
+def test_new_weights_get_a_new_decoder():
+    """A kept graph reads the parameters it captured: after model.half() (new storage) the decoder is rebuilt."""
+    import modeling_alibi.decoding as decoding
+
+    model = tiny_model(4, "sdpa")
+    input_ids = torch.randint(3, 99, (1, 6))
+    graph_generate(model, input_ids, 4)
+    first = decoding._DECODERS[id(model)]
+    model.double()
+    out = graph_generate(model, input_ids, 4)
+    assert decoding._DECODERS[id(model)] is not first and out.shape == (1, 10)
