@@ -7,8 +7,13 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
   decode   batch-1 greedy steps after a 2,048-token prompt into a StaticCache: eager steps, steps compiled as
            generate() compiles them (mode="reduce-overhead": CUDA graphs), and the whole generate() call; wall
            ms per token and GPU-busy ms per token. A GPU busy far less than the wall is host overhead.
+  graph    `graph_generate` at 2,048 and 65,536 tokens of context, for each inductor setting in GRAPH_VARIANTS:
+           compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
+           1-token call, both reusing the kept graph) and the compiled step's GPU-busy time and top kernels.
+  train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward).
 
-    python benchmarks/step_profile.py [--parts train,decode] [--out DIR]   # writes DIR/step_profile.json
+    python benchmarks/step_profile.py [--parts train,decode,graph] [--variants default,...] [--out DIR]
+                                                                    # writes DIR/step_profile.json
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import StaticCache  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
+from modeling_alibi import AlibiConfig, AlibiForCausalLM, decoding  # noqa: E402
 
 SIZES = dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=16, num_attention_heads=8, intermediate_size=4096)
 
@@ -69,9 +74,10 @@ def gpu_busy(fn, reps: int, top: int = 12) -> tuple[float, list]:
 
 def train_part(result: dict) -> None:
     x = torch.randint(3, 32000, (16, 512), device="cuda")
-    for label in ("eager", "compiled"):
+    modes = {"eager": None, "compiled": "default", "compiled reduce-overhead": "reduce-overhead"}
+    for label, mode in modes.items():
         model = build().train()
-        run = torch.compile(model) if label == "compiled" else model
+        run = torch.compile(model, mode=mode) if mode else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step():
@@ -86,6 +92,15 @@ def train_part(result: dict) -> None:
                        break_reasons=[str(r.reason)[:200] for r in explained.break_reasons][:8])
             torch._dynamo.reset()
             run = torch.compile(model)
+        try:
+            for _ in range(3):
+                step()
+        except Exception as error:  # noqa: BLE001 - a diagnostic: record the failure and go on
+            result.setdefault("train", []).append(dict(model=label, error=repr(error)[:400]))
+            print(f"train {label}: failed {error!r:.400}", flush=True)
+            del model, run, opt
+            torch.cuda.empty_cache()
+            continue
         for _ in range(3):
             step()
         row["wall_ms"] = round(timed(step, 8), 2)
@@ -148,20 +163,76 @@ def decode_part(result: dict) -> None:
         print(f"generate {cache_implementation or 'dynamic'}: {128 / dt:.1f} tok/s (prompt included)", flush=True)
 
 
+GRAPH_VARIANTS = {
+    "default": {},
+    "coordinate descent": {"coordinate_descent_tuning": True},
+    "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
+}
+
+
+def graph_part(result: dict, variants: list[str]) -> None:
+    model = build().eval()
+    rows = result.setdefault("graph", [])
+    for label in variants:
+        options = GRAPH_VARIANTS[label]
+        decoding.release_decoders()
+        torch._dynamo.reset()
+        decoding.COMPILE_OPTIONS = options
+        for context in (2048, 65536):
+            ids = torch.randint(3, 32000, (1, context), device="cuda")
+            slots = context + 129 + 16  # 16 spare slots for the profiled steps below
+
+            def call(new: int) -> float:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                decoding.graph_generate(model, ids, new, max_cache_len=slots)
+                torch.cuda.synchronize()
+                return time.perf_counter() - t0
+
+            row = dict(variant=label, options=options, context=context)
+            try:
+                row["first_call_s"] = round(call(4), 2)  # compiles and captures
+                one = min(call(1) for _ in range(3))
+                full = min(call(129) for _ in range(3))
+            except Exception as error:  # noqa: BLE001 - a diagnostic: record the failure and go on
+                row["error"] = repr(error)[:400]
+                rows.append(row)
+                print(f"graph {label} {context}: failed {error!r:.400}", flush=True)
+                continue
+            per_token = (full - one) / 128
+            # A 128-token call, as model_bench times it: the prompt and first token, then 127 replays.
+            row.update(prefill_ms=round(1e3 * one, 2), per_token_ms=round(1e3 * per_token, 3),
+                       tok_s_128=round(128 / (one + 127 * per_token), 1))
+            decoder = next(iter(decoding._DECODERS.values()))  # 16 free slots are left after the 129-token call
+            busy, kernels = gpu_busy(decoder.one_step, 8, top=10)
+            row.update(gpu_ms=round(busy, 3), top_kernels=kernels)
+            rows.append(row)
+            print(f"graph {label} {context}: first {row['first_call_s']} s, prefill+first token {row['prefill_ms']} "
+                  f"ms, {row['per_token_ms']} ms/token, step GPU {row['gpu_ms']} ms", flush=True)
+            for k in kernels:
+                print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+            del ids
+    decoding.release_decoders()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="train,decode")
     parser.add_argument("--out", default=os.environ.get("OUT", "outputs"))
+    parser.add_argument("--variants", default="default", help=f"graph part: any of {','.join(GRAPH_VARIANTS)}")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("step_profile.py needs a CUDA GPU.")
     torch._dynamo.config.cache_size_limit = 64
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__)
-    for part in args.parts.split(","):
-        {"train": train_part, "decode": decode_part}[part](result)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "step_profile.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    for part in args.parts.split(","):
+        if part == "graph":
+            graph_part(result, args.variants.split(","))
+        else:
+            {"train": train_part, "decode": decode_part}[part](result)
+        with open(os.path.join(args.out, "step_profile.json"), "w") as f:  # after each part: a cut-off run keeps it
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,9 @@ class _Decoder:
         state.generated.fill_(self.pad_token_id)
         state.count.zero_()
         state.finished.zero_()
-        logits, _ = self.model.prefill(input_ids, attention_mask=state.mask[:, :prompt], chunk_size=chunk_size,
+        # An unpadded prompt goes in without a mask: the model's fast unpadded path (the Triton prompt kernel).
+        prompt_mask = None if attention_mask is None else state.mask[:, :prompt]
+        logits, _ = self.model.prefill(input_ids, attention_mask=prompt_mask, chunk_size=chunk_size,
                                        past_key_values=self.cache)
         return logits
 
@@ -211,12 +213,17 @@ def _chooser(do_sample: bool, temperature: float, top_k: int | None):
 _COMPILED: dict[int, torch.nn.Module] = {}
 _DECODERS: dict[int, _Decoder] = {}
 
+# Inductor options for the compiled step (benchmarks/step_profile.py --parts graph measures the choices).
+COMPILE_OPTIONS: dict = {}
+
 
 def _compiled(model: AlibiForCausalLM) -> torch.nn.Module:
     """One compiled wrapper per model, so later calls reuse its kernels (shapes are static per cache size)."""
     if id(model) not in _COMPILED:
         _COMPILED.clear()  # keep no stale model alive
-        _COMPILED[id(model)] = torch.compile(model)
+        # Static shapes: each cache size gets its own specialized kernels. Automatic dynamic shapes would make the
+        # second cache size in a process recompile with symbolic lengths, for every later call.
+        _COMPILED[id(model)] = torch.compile(model, dynamic=False, options=COMPILE_OPTIONS or None)
     return _COMPILED[id(model)]
 
 

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The remote code: save_pretrained copies modeling_alibi.py and, following its relative imports, the other two.
-PAYLOAD = ("configuration_alibi.py", "modeling_alibi.py", "alibi_triton.py")
+PAYLOAD = ("configuration_alibi.py", "modeling_alibi.py", "alibi_triton.py", "alibi_triton_decode.py")
 
 MODEL_CARD = """---
 library_name: transformers

@@ -1,8 +1,9 @@
 """ALiBi causal language model (Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022) for Transformers.
 
-Hub payload: three files, configuration_alibi.py, this file and alibi_triton.py (which imports only torch, triton
-and the standard library). This file imports only torch, transformers, the standard library and the other two,
-so `save_pretrained` ships all three as remote code unchanged. Optional kernels are imported inside `try` blocks.
+Hub payload: four files, configuration_alibi.py, this file, alibi_triton.py and alibi_triton_decode.py (the two
+kernel files import only torch, triton, the standard library and each other). This file imports only torch,
+transformers, the standard library and the other three, so `save_pretrained` ships all four as remote code
+unchanged. Optional kernels are imported inside `try` blocks.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ try:  # flash-attn >= 2.4 takes per-head ALiBi slopes; optional `flash` extra.
 except ImportError:
     flash_attn_func = flash_attn_varlen_func = None
 
-try:  # Our Triton ALiBi kernel (alibi_triton.py); triton is absent on CPU-only builds of torch and on macOS.
+try:  # Our Triton ALiBi kernels; triton is absent on CPU-only builds of torch and on macOS.
     from .alibi_triton import alibi_flash_attention, is_supported as _triton_supported
+    from .alibi_triton_decode import alibi_decode_attention, decode_supported as _decode_supported
 except ImportError:
-    alibi_flash_attention = _triton_supported = None
+    alibi_flash_attention = _triton_supported = alibi_decode_attention = _decode_supported = None
 
 logger = logging.get_logger(__name__)
 
@@ -45,10 +47,10 @@ SDPA_BIAS_BYTES = 256 * 2**20
 # Below this many query rows (decode steps, short prompts) the flex path uses SDPA: a small bias is cheap and
 # building a block mask per step is not.
 FLEX_MIN_QUERY_LEN = 64
-# Up to this many query rows (decode steps) the sdpa path computes attention as two matmuls. SDPA's kernels that
-# take a bias split work over queries and heads only: 8 thread blocks for one decoded token with 8 heads, a
-# fraction of the HBM bandwidth, while the matmuls read the KV cache once at full bandwidth and the (b, h, q, k)
-# scores are tiny.
+# Up to this many query rows (decode steps) the sdpa path runs the Triton decode kernel (alibi_triton_decode.py:
+# the keys split over every SM) or, where it cannot, two matmuls. SDPA's kernels that take a bias split work
+# over queries and heads only: 8 thread blocks for one decoded token with 8 heads, a fraction of the HBM
+# bandwidth.
 DECODE_MAX_QUERY_LEN = 16
 # FlexAttention's sparse block size (its default): the granularity at which whole key blocks are skipped.
 FLEX_BLOCK_SIZE = 128
@@ -213,8 +215,16 @@ def sdpa_attention(
     b, h, q_len, _ = query.shape
     k_len = key.shape[2]
     if q_len <= DECODE_MAX_QUERY_LEN and not mask.is_plain_causal:
+        if _uses_triton_decode(mask, query, dropout):
+            out = alibi_decode_attention(
+                query, key, value, mask.slopes, scaling, mask.query_positions, mask.key_positions,
+                key_padding=mask.key_padding, window=mask.window, max_distance=mask.max_distance,
+            )
+            return out, None
         return eager_attention(module, query, key, value, mask, scaling, dropout)[0], None
-    if mask.is_plain_causal and q_len in (1, k_len):
+    # SDPA's causal mask is top-left aligned: right for a full square, or for one query that sees every key.
+    sees_all_keys = mask.offset is not None and k_len == q_len + mask.offset and (q_len == 1 or mask.offset == 0)
+    if mask.is_plain_causal and sees_all_keys:
         # Plain causal attention (position-encoding baselines): let SDPA pick its flash kernel.
         return F.scaled_dot_product_attention(
             query, key, value, dropout_p=dropout, is_causal=q_len > 1, scale=scaling
@@ -358,7 +368,7 @@ def _flex_alibi(
     block_mask: Any,
     scaling: float,
     slopes: torch.Tensor | None,
-    offset: torch.Tensor | None,
+    offset: torch.Tensor | int | None,
     query_positions: torch.Tensor,
     key_positions: torch.Tensor,
 ) -> torch.Tensor:
@@ -408,6 +418,22 @@ def _uses_triton(mask: AlibiAttentionMask, query: torch.Tensor, requires_grad: b
     )
 
 
+def _uses_triton_decode(mask: AlibiAttentionMask, query: torch.Tensor, dropout: float) -> bool:
+    """Whether a decode step (q <= DECODE_MAX_QUERY_LEN) runs the Triton decode kernel (see TRITON_INFERENCE).
+
+    Unlike the prompt kernel it also serves compiled models (`graph_generate`, `generate` with a static cache):
+    dynamo traces the launch of a user-defined Triton kernel.
+    """
+    return (
+        TRITON_INFERENCE
+        and alibi_decode_attention is not None
+        and dropout == 0.0
+        and not (query.requires_grad and torch.is_grad_enabled())
+        and mask.slopes is not None  # ALiBi only: the baselines have no bias
+        and _decode_supported(query)  # CUDA, bf16/fp16, head dim <= 128
+    )
+
+
 def flex_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -447,8 +473,12 @@ def flex_attention_forward(
     if block_mask is None:
         block_mask = _flex_block_mask(mask, query.shape[2], key.shape[2], query.device)
     slopes = mask.slopes.to(query.device) if mask.slopes is not None else None
+    # Inside a compiled model, a known offset goes in as a Python int: as a 0-d tensor computed in the graph,
+    # inductor inlined it into the flex kernel with pointwise indexing that does not compile ("XBLOCK is not
+    # defined", torch 2.11, H100). Called eagerly, a tensor lets every offset share one compiled kernel.
+    offset = mask.offset if torch.compiler.is_compiling() and mask.offset is not None else _index_offset(mask)
     out = _compiled_flex_alibi(
-        query, key, value, block_mask, scaling, slopes, _index_offset(mask), mask.query_positions, mask.key_positions
+        query, key, value, block_mask, scaling, slopes, offset, mask.query_positions, mask.key_positions
     )
     return out, None
 
@@ -677,6 +707,9 @@ class AlibiAttention(nn.Module):
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)  # (b, h, k, d)
+            seen = mask.key_positions.shape[1]
+            if key.shape[2] > seen:  # a static cache's empty slots, after the keys of an unpadded prompt
+                key, value = key[:, :, :seen], value[:, :, :seen]  # (b, h, seen, d) views
 
         implementation = self.config._attn_implementation
         if output_attentions and implementation != "eager":
@@ -782,6 +815,11 @@ class AlibiPreTrainedModel(PreTrainedModel):
         if requested_attention == "flex_attention" and (flex_attention is None or not torch.cuda.is_available()):
             raise ValueError('attn_implementation="flex_attention" needs CUDA; use "sdpa" on this machine.')
         return requested_attention  # flash-attn's presence is checked first, in _check_and_adjust_attn_implementation
+
+
+def _capturing(device: torch.device) -> bool:
+    """Inside torch.compile or a CUDA-graph capture, where a forward must not read device values."""
+    return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def _check_attention_mask(attention_mask: torch.Tensor, batch: int, seen: int, static: bool) -> None:
@@ -943,6 +981,11 @@ class AlibiModel(AlibiPreTrainedModel):
             if self.config.alibi_truncation is not None:
                 max_distance = self.config.alibi_truncation / slopes  # (h,): the penalty passes T beyond it
         options = dict(slopes=slopes, window=self.config.attention_window, max_distance=max_distance)
+        window = self.config.attention_window  # a sliding static cache reorders its slots: keep the mask path
+        if attention_mask is None and static and window is None and kv_offset == 0 and not _capturing(device):
+            # An unpadded prompt into a full-size static cache (prefill, eager steps): read the length once, then
+            # attend to the filled slots only (the layers slice the cache), like a dynamic cache.
+            past_length, kv_length, static = int(past_length), int(past_length) + q_len, False
         if attention_mask is None and not static:
             # Every token is real: positions are indices, and nothing is read back from the device (no sync, no
             # graph break when compiled). This is the packed-training case.
@@ -987,9 +1030,7 @@ class AlibiModel(AlibiPreTrainedModel):
         positions = positions.clamp(min=0)  # padding has position -1; its value is masked anyway
         if encoding == "learned":
             # The check reads a device value: skipped inside compiled graphs and CUDA-graph capture.
-            capturing = positions.is_cuda and torch.cuda.is_current_stream_capturing()
-            checked = not (capturing or torch.compiler.is_compiling())
-            if checked and int(positions.max()) >= self.config.max_position_embeddings:
+            if not _capturing(positions.device) and int(positions.max()) >= self.config.max_position_embeddings:
                 raise ValueError(
                     f"Position {int(positions.max())} is past max_position_embeddings="
                     f"{self.config.max_position_embeddings} of this learned-position model; ALiBi has no such limit."
@@ -1127,15 +1168,15 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
             raise ValueError(f"chunk_size={chunk_size} must be a positive number of tokens per forward pass.")
         if past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
-        past, q_len = int(past_key_values.get_seq_length()), input_ids.shape[1]
-        if attention_mask is None:
-            attention_mask = input_ids.new_ones(input_ids.shape[0], past + q_len)
+        q_len = input_ids.shape[1]
+        # Without a mask the chunks go in unmasked: positions are indices, the fast path of every backend.
+        past = int(past_key_values.get_seq_length()) if attention_mask is not None else 0
         logits = None
         for start in range(0, q_len, chunk_size):
             end = min(start + chunk_size, q_len)
             logits = self(
                 input_ids[:, start:end],
-                attention_mask=attention_mask[:, : past + end],
+                attention_mask=None if attention_mask is None else attention_mask[:, : past + end],
                 past_key_values=past_key_values,
                 use_cache=True,
                 logits_to_keep=1,

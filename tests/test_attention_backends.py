@@ -1,5 +1,7 @@
 """Every backend computes what eager computes: with 4 and 6 heads, with and without padding."""
 
+import copy
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -362,6 +364,114 @@ def test_interpreted_kernel_in_the_model_matches_eager(interpreted_model, name):
     assert errors["flex_attention"] <= 1.5 * errors["sdpa"] + 1e-2, errors
 
 
+# The real decode kernel inside an fp16 sdpa model on CPU (interpreter), against fp32 eager: a left-padded batch
+# decoded step by step from a dynamic or a static cache. argv[1]: {name: [config overrides, cache kind]}.
+_INTERPRETED_DECODE = r"""
+import json, sys
+import torch
+from transformers import DynamicCache, StaticCache
+import modeling_alibi.modeling_alibi as modeling
+from modeling_alibi import AlibiConfig, AlibiForCausalLM
+
+modeling._decode_supported = lambda query: True
+kernel, calls = modeling.alibi_decode_attention, []
+def recorded(*args, **kwargs):
+    calls.append(args[0].shape[2])
+    return kernel(*args, **kwargs)
+modeling.alibi_decode_attention = recorded
+
+def model(dtype, overrides):
+    torch.manual_seed(0)
+    config = AlibiConfig(vocab_size=99, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=256, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                         initializer_range=0.2, **overrides)
+    return AlibiForCausalLM._from_config(config, attn_implementation="eager" if dtype == torch.float32 else "sdpa"
+                                         ).eval().to(dtype)
+
+def decode(model, kind, prompt, mask, new):
+    slots = prompt.shape[1] + new.shape[1] + 5
+    cache = StaticCache(config=model.config, max_cache_len=slots) if kind == "static" else DynamicCache(config=model.config)
+    width = lambda seen: slots if kind == "static" else seen
+    full = torch.cat([mask, torch.ones_like(new)], 1)
+    padded = lambda seen: torch.nn.functional.pad(full[:, :seen], (0, width(seen) - seen))
+    model(prompt, attention_mask=padded(prompt.shape[1]), past_key_values=cache, use_cache=True)
+    logits = []
+    for i in range(new.shape[1]):
+        seen = prompt.shape[1] + i + 1
+        out = model(new[:, i : i + 1], attention_mask=padded(seen), past_key_values=cache, use_cache=True)
+        logits.append(out.logits[:, -1].float())
+    return torch.stack(logits, 1)
+
+results = {}
+generator = torch.Generator().manual_seed(1)
+prompt, new = torch.randint(3, 99, (2, 40), generator=generator), torch.randint(3, 99, (2, 4), generator=generator)
+mask = torch.ones_like(prompt)
+mask[1, :7] = 0  # left padding
+for name, (overrides, kind) in json.loads(sys.argv[1]).items():
+    calls.clear()
+    with torch.no_grad():
+        expected = decode(model(torch.float32, overrides), kind, prompt, mask, new)
+        modeling.TRITON_INFERENCE = False
+        fallback = decode(model(torch.float16, overrides), kind, prompt, mask, new)  # fp16 matmuls, no kernel
+        modeling.TRITON_INFERENCE = True
+        actual = decode(model(torch.float16, overrides), kind, prompt, mask, new)
+    errors = {"kernel": (actual - expected).abs().max().item(), "fallback": (fallback - expected).abs().max().item()}
+    results[name] = {"calls": list(calls), "errors": errors}
+print(json.dumps(results))
+"""
+
+INTERPRETED_DECODE_CASES = {  # name: (config overrides, cache)
+    "dynamic-cache": ({}, "dynamic"),
+    "static-cache": ({}, "static"),
+    "window": ({"attention_window": 8}, "dynamic"),
+    "truncation": ({"alibi_truncation": 2.0}, "static"),
+}
+
+
+@pytest.fixture(scope="module")
+def interpreted_decode() -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if modeling.alibi_decode_attention is None:
+        pytest.skip("triton is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", _INTERPRETED_DECODE, json.dumps(INTERPRETED_DECODE_CASES)], cwd=repo,
+                         capture_output=True, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path},
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(INTERPRETED_DECODE_CASES))
+def test_interpreted_decode_kernel_in_the_model_matches_eager(interpreted_decode, name):
+    """Decode steps (one query each) of a padded batch run the decode kernel, and are as close to fp32 eager as
+    the fp16 fallback (two matmuls) is."""
+    result = interpreted_decode[name]
+    assert result["calls"] == [1] * 4 * 2  # 4 steps x 2 layers; the 40-token prompt stays on SDPA
+    errors = result["errors"]
+    assert errors["kernel"] <= 1.5 * errors["fallback"] + 1e-2, errors
+
+
+def test_decode_steps_fall_back_without_the_kernel(monkeypatch):
+    """On CPU (or without triton) decode steps take the matmul path: the dispatch asks `_decode_supported`."""
+    model = tiny_model(4, "sdpa")
+    seen = []
+    monkeypatch.setattr(modeling, "_decode_supported", lambda query: seen.append(query.shape) or False)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(torch.randint(3, 99, (1, 5)), past_key_values=cache, use_cache=True)
+        model(torch.randint(3, 99, (1, 1)), past_key_values=cache, use_cache=True)
+    if modeling.alibi_decode_attention is None:
+        assert seen == []  # no triton: the kernel is never considered
+    else:
+        assert [shape[2] for shape in seen] == [5, 5, 1, 1]  # every short call asks, per layer
+
+
 # --- GPU: FlexAttention and SDPA at 8,192 tokens in bf16 -----------------------------------------------------
 
 
@@ -475,3 +585,29 @@ def test_gpu_training_forward_keeps_flex(monkeypatch):
     with torch.no_grad():
         model.eval()(input_ids)
     assert offsets == [0] * model.config.num_hidden_layers
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_compiled_training_step_matches_eager(dtype):
+    """`torch.compile(model)` (what --torch_compile trains) gives the eager model's loss and gradients on flex.
+
+    Head dim 128 at L=512, the benchmark's shape: the block mask is traced into the compiled graph there.
+    """
+    _, eager = model_pair(8, "flex_attention", dtype=dtype, hidden_size=1024, intermediate_size=256)
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model)
+    input_ids = torch.randint(3, 99, (2, 512), device="cuda")
+    losses = []
+    for run, module in ((eager, eager), (compiled, compiled_model)):
+        module.train()
+        loss = run(input_ids, labels=input_ids).loss
+        loss.backward()
+        losses.append(loss.detach())
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    assert_close(losses[1], losses[0], **tolerance)
+    # One scale for all gradients: some are zero in exact arithmetic (the key bias shifts a whole softmax row),
+    # so their rounding noise cannot be compared relative to itself.
+    scale = max(p.grad.abs().max() for p in eager.parameters())
+    for (name, expected), actual in zip(eager.named_parameters(), compiled_model.parameters()):
+        assert_close(actual.grad / scale, expected.grad / scale, **tolerance, msg=name)

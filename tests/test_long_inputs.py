@@ -233,6 +233,21 @@ def test_static_cache_forward_takes_a_mask_padded_to_the_cache_length():
     assert_close(torch.cat(steps, 1)[mask.bool()], full[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("encoding", ["alibi", "none", "rotary"])
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_static_cache_without_a_mask_hides_its_empty_slots(implementation, encoding):
+    """An unpadded prompt may go into a StaticCache with no mask (graph_generate's prefill does): chunks and single
+    tokens see the filled slots only, also on SDPA's own causal kernel (the plain-causal baselines)."""
+    model = tiny_model(4, implementation, position_encoding=encoding)
+    input_ids = torch.randint(3, 99, (2, 30))
+    full = model(input_ids).logits
+    cache = StaticCache(model.config, max_cache_len=48)
+    last, _ = model.prefill(input_ids[:, :20], chunk_size=8, past_key_values=cache)  # 8 + 8 + 4, no mask
+    assert_close(last, full[:, 19], atol=1e-5, rtol=1e-5)
+    steps = [model(input_ids[:, t : t + 1], past_key_values=cache).logits for t in range(20, 30)]
+    assert_close(torch.cat(steps, 1), full[:, 20:], atol=1e-5, rtol=1e-5)
+
+
 def _windowed_flash(q, k, v, dropout_p, softmax_scale, causal, alibi_slopes, window_size=(-1, -1)):
     """flash_attn_func semantics with `window_size`: query i sees key j when 0 <= i + sk - sq - j <= left window."""
     assert causal and dropout_p == 0.0

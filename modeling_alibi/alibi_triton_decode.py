@@ -1,0 +1,228 @@
+"""ALiBi attention for decode steps (a few queries against a long KV cache), split over the keys, in Triton.
+
+Why a hand-written kernel: at batch 1 a decode step reads the whole KV cache once per layer, so it is bound by
+memory bandwidth, and only a kernel that spreads the keys over every SM reaches it. The model's fallback (two
+batched GEMVs around an fp32 softmax, `eager_attention`) spends ~2.6 ms per token at 65,536 cached tokens on an
+H100 in the GEMVs alone, against 1.4 ms to read the cache (benchmarks/step_profile.py --parts graph).
+
+Algorithm: flash-decoding.
+  * Pass 1: program (row of b*h, split) walks its slice of the keys in tiles of BLOCK_N, with an online softmax
+    for all (up to 16) queries at once, and writes an unnormalized partial output, its running max and sum.
+    Tiles in which no query may see any key (a static cache's empty slots, keys outside a window) are skipped
+    before their keys and values are read.
+  * Pass 2: one program per (b, h) merges the splits: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+Positions come from the caller per query and per key (cumulative-mask positions), so left padding, static
+caches and sliding-window caches all work: score(i, j) = scale * q_i.k_j - m_h * (pos_i - pos_j), allowed where
+0 <= pos_i - pos_j (and < window, and <= max_distance[h]) and key j is not padding. The distance is an exact
+integer; the bias is its fp32 product with the slope, as in the model's other backends. A query that may see no
+key (a padded query row) gets zeros, as flex_attention gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+# In a `try` block for transformers' remote-code import check; see alibi_triton.py.
+try:
+    import triton
+    import triton.language as tl
+except ImportError as error:
+    raise ImportError("alibi_triton_decode needs triton, which CUDA builds of PyTorch install") from error
+
+from .alibi_triton import _allowed_span, _device_guard, _interpreting
+
+__all__ = ["alibi_decode_attention", "decode_supported"]
+
+MAX_QUERIES = 16  # one tl.dot tile of query rows: tl.dot needs at least 16
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+_LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2 e); a constexpr, readable inside @triton.jit
+# Programs per SM to aim for: enough splits that every SM streams keys at batch 1.
+PROGRAMS_PER_SM = 2
+
+
+@triton.jit
+def _split_kernel(
+    Q, K, V, Slopes, Span, QPos, KPos, KPad, PartOut, PartMax, PartSum,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_qpb, stride_qpm, stride_kpb, stride_kpn, stride_padb, stride_padn,
+    num_heads, q_len, k_len, keys_per_split, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_PADDING: tl.constexpr, HAS_SPAN: tl.constexpr,
+):
+    row = tl.program_id(0)  # b * num_heads + h
+    split = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    b = row // num_heads
+    h = row % num_heads
+    queries = tl.arange(0, BLOCK_Q)
+    dims = tl.arange(0, HEAD_DIM)
+    query_ok = queries < q_len
+    q = tl.load(Q + b * stride_qb + h * stride_qh + queries[:, None] * stride_qm + dims[None, :] * stride_qd,
+                mask=query_ok[:, None], other=0.0)  # (BLOCK_Q, HEAD_DIM)
+    query_pos = tl.load(QPos + b * stride_qpb + queries * stride_qpm, mask=query_ok, other=0)  # (BLOCK_Q,) int64
+    slope = tl.load(Slopes + h)
+    if HAS_SPAN:
+        span = tl.load(Span + h)
+
+    m_i = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)
+    start = split * keys_per_split
+    end = tl.minimum(start + keys_per_split, k_len)
+    for first in range(start, end, BLOCK_N):
+        keys = first + tl.arange(0, BLOCK_N)
+        key_ok = keys < end
+        key_pos = tl.load(KPos + b * stride_kpb + keys * stride_kpn, mask=key_ok, other=0)  # (BLOCK_N,) int64
+        if HAS_PADDING:
+            key_ok = key_ok & (tl.load(KPad + b * stride_padb + keys * stride_padn, mask=key_ok, other=1) == 0)
+        distance = query_pos[:, None] - key_pos[None, :]  # (BLOCK_Q, BLOCK_N), exact integers
+        allowed = query_ok[:, None] & key_ok[None, :] & (distance >= 0)
+        if HAS_SPAN:
+            allowed = allowed & (distance <= span)
+        if tl.max(allowed.to(tl.int32)) > 0:  # else nothing here is visible: skip the key and value reads
+            k = tl.load(K + b * stride_kb + h * stride_kh + keys[:, None] * stride_kn + dims[None, :] * stride_kd,
+                        mask=key_ok[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
+            scores = tl.dot(q, tl.trans(k)) * scale - slope * distance.to(tl.float32)  # (BLOCK_Q, BLOCK_N) fp32
+            scores = tl.where(allowed, scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay at 0
+            alpha = tl.exp2((m_i - m_safe) * _LOG2E)
+            p = tl.exp2((scores - m_safe[:, None]) * _LOG2E)
+            v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + dims[None, :] * stride_vd,
+                        mask=key_ok[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+
+    part = (row * num_splits + split) * BLOCK_Q + queries  # (BLOCK_Q,) rows of the partial buffers
+    tl.store(PartMax + part, m_i)
+    tl.store(PartSum + part, l_i)
+    tl.store(PartOut + part[:, None] * HEAD_DIM + dims[None, :], acc)
+
+
+@triton.jit
+def _merge_kernel(
+    PartOut, PartMax, PartSum, Out,
+    stride_ob, stride_oh, stride_om, stride_od,
+    num_heads, q_len, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    row = tl.program_id(0)
+    b = row // num_heads
+    h = row % num_heads
+    queries = tl.arange(0, BLOCK_Q)
+    dims = tl.arange(0, HEAD_DIM)
+    first = row * num_splits * BLOCK_Q
+    m = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
+    for split in range(0, num_splits):
+        m = tl.maximum(m, tl.load(PartMax + first + split * BLOCK_Q + queries))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)
+    for split in range(0, num_splits):
+        rows = first + split * BLOCK_Q + queries
+        weight = tl.exp2((tl.load(PartMax + rows) - m_safe) * _LOG2E)  # 0 for a split that saw nothing
+        total += tl.load(PartSum + rows) * weight
+        acc += tl.load(PartOut + rows[:, None] * HEAD_DIM + dims[None, :]) * weight[:, None]
+    out = acc / tl.where(total > 0, total, 1.0)[:, None]  # no visible key: zeros
+    tl.store(Out + b * stride_ob + h * stride_oh + queries[:, None] * stride_om + dims[None, :] * stride_od,
+             out.to(Out.dtype.element_ty), mask=(queries < q_len)[:, None])
+
+
+def _num_splits(rows: int, k_len: int, block_n: int, device: torch.device) -> tuple[int, int]:
+    """(splits, keys per split): about PROGRAMS_PER_SM programs per SM over all (b, h) rows, whole tiles each."""
+    sms = 4 if _interpreting() else _multiprocessors(device.index if device.index is not None else 0)
+    tiles = triton.cdiv(k_len, block_n)
+    splits = max(1, min(tiles, triton.cdiv(PROGRAMS_PER_SM * sms, rows)))
+    keys_per_split = triton.cdiv(tiles, splits) * block_n
+    return triton.cdiv(k_len, keys_per_split), keys_per_split
+
+
+@torch.compiler.assume_constant_result
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@torch.compiler.assume_constant_result
+def _capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)  # bf16 tl.dot
+
+
+def decode_supported(query: torch.Tensor) -> bool:
+    """Whether `alibi_decode_attention` serves queries like `query` (b, h, q, d); callers fall back otherwise."""
+    return (
+        query.is_cuda
+        and query.dim() == 4
+        and query.shape[2] <= MAX_QUERIES
+        and query.dtype in SUPPORTED_DTYPES
+        and query.shape[-1] in SUPPORTED_HEAD_DIMS
+        and _capable(query.device.index if query.device.index is not None else 0)
+    )
+
+
+def alibi_decode_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slopes: torch.Tensor,
+    scale: float,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    key_padding: torch.Tensor | None = None,
+    window: int | None = None,
+    max_distance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ALiBi attention of at most 16 queries per row over a KV cache, with no (b, h, q, k) tensor and no sync.
+
+    Args:
+        query: (b, h, q, d), q <= 16, bf16 or fp16, any strides.
+        key, value: (b, h, k, d), the cache (a static cache's empty slots included, marked in `key_padding`).
+        slopes: (h,) ALiBi slopes, used in fp32.
+        scale: softmax scale applied to q.k.
+        query_positions: (b, q) integer positions of the queries.
+        key_positions: (b, k) integer positions of the keys.
+        key_padding: (b, k) bool, True where a key is padding or an empty slot; None when there is none.
+        window: keys at distance >= window are masked.
+        max_distance: (h,) fp32; keys at distance > max_distance[h] are masked (ALiBi truncation).
+
+    Returns:
+        (b, h, q, d) contiguous, in the query dtype. Rows whose query may see no key are zeros.
+    """
+    b, h, q_len, d = query.shape
+    k_len = key.shape[2]
+    if q_len > MAX_QUERIES or d not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"alibi_decode_attention takes at most {MAX_QUERIES} queries per row and head_dim in "
+                         f"{SUPPORTED_HEAD_DIMS}; got q={q_len}, d={d}. Use alibi_flash_attention for prompts.")
+    block_n = 16 if _interpreting() else 64
+    splits, keys_per_split = _num_splits(b * h, k_len, block_n, query.device)
+    part_out = torch.empty(b * h, splits, MAX_QUERIES, d, device=query.device, dtype=torch.float32)
+    part_max = torch.empty(b * h, splits, MAX_QUERIES, device=query.device, dtype=torch.float32)
+    part_sum = torch.empty_like(part_max)
+    out = torch.empty(b, h, q_len, d, device=query.device, dtype=query.dtype)
+    slopes = slopes.to(device=query.device, dtype=torch.float32)
+    span = _allowed_span(h, window, max_distance, query.device)
+    # Bool pointers are awkward in Triton, and inductor cannot lower a bool .view(uint8); a (b, k) byte copy is
+    # cheap, and a compiled model fuses it into the kernel that computes the padding.
+    padding = key_padding.to(torch.uint8) if key_padding is not None else key_positions
+    guard = contextlib.nullcontext() if torch.compiler.is_compiling() else _device_guard(query)
+    with guard:
+        _split_kernel[(b * h, splits)](
+            query, key, value, slopes, slopes if span is None else span, query_positions, key_positions, padding,
+            part_out, part_max, part_sum,
+            *query.stride(), *key.stride(), *value.stride(),
+            *query_positions.stride(), *key_positions.stride(), *padding.stride(),
+            h, q_len, k_len, keys_per_split, scale,
+            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, BLOCK_N=block_n,
+            HAS_PADDING=key_padding is not None, HAS_SPAN=span is not None,
+            num_warps=4, num_stages=2,
+        )
+        _merge_kernel[(b * h,)](
+            part_out, part_max, part_sum, out, *out.stride(), h, q_len, splits,
+            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, num_warps=4,
+        )
+    return out
