@@ -8,19 +8,21 @@ H100 in the GEMVs alone, against 1.4 ms to read the cache (benchmarks/step_profi
 Algorithm: flash-decoding.
   * Pass 1: program (row of b*h, split) walks its slice of the keys in tiles of BLOCK_N, with an online softmax
     for all (up to 16) queries at once, and writes an unnormalized partial output, its running max and sum.
-    Tiles in which no query may see any key (a static cache's empty slots, keys outside a window) are skipped
-    before their keys and values are read.
+    Every tile is read, masked keys included: a branch to skip them would stop the loads of later tiles from
+    being issued early, which is what keeps the memory busy at batch 1.
   * Pass 2: one program per (b, h) merges the splits: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 Positions come from the caller per query and per key (cumulative-mask positions), so left padding, static
 caches and sliding-window caches all work: score(i, j) = scale * q_i.k_j - m_h * (pos_i - pos_j), allowed where
 0 <= pos_i - pos_j (and < window, and <= max_distance[h]) and key j is not padding. The distance is an exact
 integer; the bias is its fp32 product with the slope, as in the model's other backends. A query that may see no
 key (a padded query row) gets zeros, as flex_attention gives.
+
+Inside torch.compile the launch is a custom op (`torch.library.custom_op`), opaque to inductor: inductor's own
+recompilation of user-defined Triton kernels failed on this one (torch 2.11, triton 3.6), while Triton's JIT
+compiles it. The op launches no host sync, so a CUDA graph can capture it.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -39,8 +41,12 @@ MAX_QUERIES = 16  # one tl.dot tile of query rows: tl.dot needs at least 16
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2 e); a constexpr, readable inside @triton.jit
-# Programs per SM to aim for: enough splits that every SM streams keys at batch 1.
-PROGRAMS_PER_SM = 2
+# Launch settings (benchmarks/decode_kernel_bench.py measures the choices): programs per SM to aim for, so that
+# every SM streams keys at batch 1; keys per tile; software-pipelining depth; warps per program.
+PROGRAMS_PER_SM = 4
+BLOCK_N = 64
+NUM_STAGES = 3
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -76,28 +82,30 @@ def _split_kernel(
     end = tl.minimum(start + keys_per_split, k_len)
     for first in range(start, end, BLOCK_N):
         keys = first + tl.arange(0, BLOCK_N)
-        key_ok = keys < end
-        key_pos = tl.load(KPos + b * stride_kpb + keys * stride_kpn, mask=key_ok, other=0)  # (BLOCK_N,) int64
+        in_range = keys < end
+        # Keys and values are loaded first, with no branch in the loop, so that Triton's pipeliner can keep the
+        # next tiles' loads in flight: at batch 1 there are only a few programs per SM to hide memory latency.
+        k = tl.load(K + b * stride_kb + h * stride_kh + keys[:, None] * stride_kn + dims[None, :] * stride_kd,
+                    mask=in_range[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
+        v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + dims[None, :] * stride_vd,
+                    mask=in_range[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
+        key_pos = tl.load(KPos + b * stride_kpb + keys * stride_kpn, mask=in_range, other=0)  # (BLOCK_N,) int64
+        key_ok = in_range
         if HAS_PADDING:
-            key_ok = key_ok & (tl.load(KPad + b * stride_padb + keys * stride_padn, mask=key_ok, other=1) == 0)
+            key_ok = key_ok & (tl.load(KPad + b * stride_padb + keys * stride_padn, mask=in_range, other=1) == 0)
         distance = query_pos[:, None] - key_pos[None, :]  # (BLOCK_Q, BLOCK_N), exact integers
         allowed = query_ok[:, None] & key_ok[None, :] & (distance >= 0)
         if HAS_SPAN:
             allowed = allowed & (distance <= span)
-        if tl.max(allowed.to(tl.int32)) > 0:  # else nothing here is visible: skip the key and value reads
-            k = tl.load(K + b * stride_kb + h * stride_kh + keys[:, None] * stride_kn + dims[None, :] * stride_kd,
-                        mask=key_ok[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
-            scores = tl.dot(q, tl.trans(k)) * scale - slope * distance.to(tl.float32)  # (BLOCK_Q, BLOCK_N) fp32
-            scores = tl.where(allowed, scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay at 0
-            alpha = tl.exp2((m_i - m_safe) * _LOG2E)
-            p = tl.exp2((scores - m_safe[:, None]) * _LOG2E)
-            v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + dims[None, :] * stride_vd,
-                        mask=key_ok[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+        scores = tl.dot(q, tl.trans(k)) * scale - slope * distance.to(tl.float32)  # (BLOCK_Q, BLOCK_N) fp32
+        scores = tl.where(allowed, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay at 0
+        alpha = tl.exp2((m_i - m_safe) * _LOG2E)
+        p = tl.exp2((scores - m_safe[:, None]) * _LOG2E)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
 
     part = (row * num_splits + split) * BLOCK_Q + queries  # (BLOCK_Q,) rows of the partial buffers
     tl.store(PartMax + part, m_i)
@@ -165,6 +173,58 @@ def decode_supported(query: torch.Tensor) -> bool:
     )
 
 
+def _decode(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slopes: torch.Tensor,
+    scale: float,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    key_padding: torch.Tensor | None,
+    window: int | None,
+    max_distance: torch.Tensor | None,
+) -> torch.Tensor:
+    b, h, q_len, d = query.shape
+    k_len = key.shape[2]
+    block_n = 16 if _interpreting() else BLOCK_N
+    splits, keys_per_split = _num_splits(b * h, k_len, block_n, query.device)
+    part_out = torch.empty(b * h, splits, MAX_QUERIES, d, device=query.device, dtype=torch.float32)
+    part_max = torch.empty(b * h, splits, MAX_QUERIES, device=query.device, dtype=torch.float32)
+    part_sum = torch.empty_like(part_max)
+    out = torch.empty(b, h, q_len, d, device=query.device, dtype=query.dtype)
+    slopes = slopes.to(device=query.device, dtype=torch.float32)
+    span = _allowed_span(h, window, max_distance, query.device)
+    padding = key_padding.view(torch.uint8) if key_padding is not None else key_positions  # bool as bytes
+    with _device_guard(query):
+        _split_kernel[(b * h, splits)](
+            query, key, value, slopes, slopes if span is None else span, query_positions, key_positions, padding,
+            part_out, part_max, part_sum,
+            *query.stride(), *key.stride(), *value.stride(),
+            *query_positions.stride(), *key_positions.stride(), *padding.stride(),
+            h, q_len, k_len, keys_per_split, scale,
+            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, BLOCK_N=block_n,
+            HAS_PADDING=key_padding is not None, HAS_SPAN=span is not None,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        )
+        _merge_kernel[(b * h,)](
+            part_out, part_max, part_sum, out, *out.stride(), h, q_len, splits,
+            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, num_warps=4,
+        )
+    return out
+
+
+def _fake_decode(query: torch.Tensor, *args) -> torch.Tensor:
+    return torch.empty(query.shape, device=query.device, dtype=query.dtype)  # (b, h, q, d) contiguous
+
+
+# One op name per copy of this file: the package and a Hub copy (transformers_modules...) may both be imported,
+# and an op name can be registered once per process.
+_OP_NAME = "alibi_lm::decode_" + "".join(c if c.isalnum() else "_" for c in __name__)
+_decode_op = torch.library.custom_op(_OP_NAME, mutates_args=())(_decode)
+_decode_op.register_fake(_fake_decode)
+
+
 def alibi_decode_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -193,36 +253,11 @@ def alibi_decode_attention(
     Returns:
         (b, h, q, d) contiguous, in the query dtype. Rows whose query may see no key are zeros.
     """
-    b, h, q_len, d = query.shape
-    k_len = key.shape[2]
+    q_len, d = query.shape[2], query.shape[3]
     if q_len > MAX_QUERIES or d not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"alibi_decode_attention takes at most {MAX_QUERIES} queries per row and head_dim in "
                          f"{SUPPORTED_HEAD_DIMS}; got q={q_len}, d={d}. Use alibi_flash_attention for prompts.")
-    block_n = 16 if _interpreting() else 64
-    splits, keys_per_split = _num_splits(b * h, k_len, block_n, query.device)
-    part_out = torch.empty(b * h, splits, MAX_QUERIES, d, device=query.device, dtype=torch.float32)
-    part_max = torch.empty(b * h, splits, MAX_QUERIES, device=query.device, dtype=torch.float32)
-    part_sum = torch.empty_like(part_max)
-    out = torch.empty(b, h, q_len, d, device=query.device, dtype=query.dtype)
-    slopes = slopes.to(device=query.device, dtype=torch.float32)
-    span = _allowed_span(h, window, max_distance, query.device)
-    # Bool pointers are awkward in Triton, and inductor cannot lower a bool .view(uint8); a (b, k) byte copy is
-    # cheap, and a compiled model fuses it into the kernel that computes the padding.
-    padding = key_padding.to(torch.uint8) if key_padding is not None else key_positions
-    guard = contextlib.nullcontext() if torch.compiler.is_compiling() else _device_guard(query)
-    with guard:
-        _split_kernel[(b * h, splits)](
-            query, key, value, slopes, slopes if span is None else span, query_positions, key_positions, padding,
-            part_out, part_max, part_sum,
-            *query.stride(), *key.stride(), *value.stride(),
-            *query_positions.stride(), *key_positions.stride(), *padding.stride(),
-            h, q_len, k_len, keys_per_split, scale,
-            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, BLOCK_N=block_n,
-            HAS_PADDING=key_padding is not None, HAS_SPAN=span is not None,
-            num_warps=4, num_stages=2,
-        )
-        _merge_kernel[(b * h,)](
-            part_out, part_max, part_sum, out, *out.stride(), h, q_len, splits,
-            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, num_warps=4,
-        )
-    return out
+    if max_distance is not None:
+        max_distance = torch.as_tensor(max_distance, dtype=torch.float32, device=query.device).reshape(-1)
+    return _decode_op(query, key, value, slopes, float(scale), query_positions, key_positions, key_padding, window,
+                      max_distance)

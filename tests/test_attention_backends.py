@@ -365,7 +365,9 @@ def test_interpreted_kernel_in_the_model_matches_eager(interpreted_model, name):
 
 
 # The real decode kernel inside an fp16 sdpa model on CPU (interpreter), against fp32 eager: a left-padded batch
-# decoded step by step from a dynamic or a static cache. argv[1]: {name: [config overrides, cache kind]}.
+# decoded step by step from a dynamic or a static cache, the steps optionally through torch.compile(fullgraph=True)
+# (aot_eager on CPU: the kernel's custom op must trace with no graph break). argv[1]: {name: [overrides, cache,
+# compiled]}.
 _INTERPRETED_DECODE = r"""
 import json, sys
 import torch
@@ -388,17 +390,18 @@ def model(dtype, overrides):
     return AlibiForCausalLM._from_config(config, attn_implementation="eager" if dtype == torch.float32 else "sdpa"
                                          ).eval().to(dtype)
 
-def decode(model, kind, prompt, mask, new):
+def decode(model, kind, prompt, mask, new, compiled=False):
     slots = prompt.shape[1] + new.shape[1] + 5
     cache = StaticCache(config=model.config, max_cache_len=slots) if kind == "static" else DynamicCache(config=model.config)
     width = lambda seen: slots if kind == "static" else seen
     full = torch.cat([mask, torch.ones_like(new)], 1)
     padded = lambda seen: torch.nn.functional.pad(full[:, :seen], (0, width(seen) - seen))
     model(prompt, attention_mask=padded(prompt.shape[1]), past_key_values=cache, use_cache=True)
+    step = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False) if compiled else model
     logits = []
     for i in range(new.shape[1]):
         seen = prompt.shape[1] + i + 1
-        out = model(new[:, i : i + 1], attention_mask=padded(seen), past_key_values=cache, use_cache=True)
+        out = step(new[:, i : i + 1], attention_mask=padded(seen), past_key_values=cache, use_cache=True)
         logits.append(out.logits[:, -1].float())
     return torch.stack(logits, 1)
 
@@ -407,24 +410,25 @@ generator = torch.Generator().manual_seed(1)
 prompt, new = torch.randint(3, 99, (2, 40), generator=generator), torch.randint(3, 99, (2, 4), generator=generator)
 mask = torch.ones_like(prompt)
 mask[1, :7] = 0  # left padding
-for name, (overrides, kind) in json.loads(sys.argv[1]).items():
+for name, (overrides, kind, compiled) in json.loads(sys.argv[1]).items():
     calls.clear()
     with torch.no_grad():
         expected = decode(model(torch.float32, overrides), kind, prompt, mask, new)
         modeling.TRITON_INFERENCE = False
         fallback = decode(model(torch.float16, overrides), kind, prompt, mask, new)  # fp16 matmuls, no kernel
         modeling.TRITON_INFERENCE = True
-        actual = decode(model(torch.float16, overrides), kind, prompt, mask, new)
+        actual = decode(model(torch.float16, overrides), kind, prompt, mask, new, compiled)
     errors = {"kernel": (actual - expected).abs().max().item(), "fallback": (fallback - expected).abs().max().item()}
     results[name] = {"calls": list(calls), "errors": errors}
 print(json.dumps(results))
 """
 
-INTERPRETED_DECODE_CASES = {  # name: (config overrides, cache)
-    "dynamic-cache": ({}, "dynamic"),
-    "static-cache": ({}, "static"),
-    "window": ({"attention_window": 8}, "dynamic"),
-    "truncation": ({"alibi_truncation": 2.0}, "static"),
+INTERPRETED_DECODE_CASES = {  # name: (config overrides, cache, compiled steps)
+    "dynamic-cache": ({}, "dynamic", False),
+    "static-cache": ({}, "static", False),
+    "static-cache-compiled": ({}, "static", True),
+    "window": ({"attention_window": 8}, "dynamic", False),
+    "truncation": ({"alibi_truncation": 2.0}, "static", False),
 }
 
 

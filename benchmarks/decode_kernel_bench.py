@@ -1,0 +1,99 @@
+"""The Triton decode kernel (alibi_triton_decode.py) against the bytes it must read, at batch 1.
+
+For one decode step (q = 1, 8 heads, d 128, bf16) over a static cache of `context` keys plus empty slots, it
+times, with the anchors' CUDA-event method (benchmarks/cuda_timing.py):
+  * the kernel for each launch setting in the grid (programs per SM, keys per tile, pipeline stages);
+  * the model's matmul fallback (`eager_attention`: two batched GEMVs around an fp32 softmax);
+  * the floor: the cache's key and value bytes over the device-to-device copy bandwidth measured here.
+It prints one table and writes decode_kernel_bench.json to --out.
+
+    python benchmarks/decode_kernel_bench.py [--contexts 2048,65536] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import modeling_alibi.alibi_triton_decode as decode  # noqa: E402
+from cuda_timing import median_ms  # noqa: E402
+from modeling_alibi.modeling_alibi import AlibiAttentionMask, alibi_slopes, eager_attention  # noqa: E402
+
+GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4))
+HEADS, HEAD_DIM, EMPTY_SLOTS = 8, 128, 136
+
+
+def copy_gb_s() -> float:
+    src = torch.empty(2**30, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), 10)
+    return 2 * src.numel() * 2 / ms / 1e6  # read + write
+
+
+def case(context: int) -> dict:
+    slots = context + EMPTY_SLOTS
+    q = torch.randn(1, HEADS, 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, HEADS, slots, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.zeros(1, slots, dtype=torch.long, device="cuda")
+    mask[:, : context + 1] = 1
+    positions = mask.cumsum(-1) - 1
+    attention_mask = AlibiAttentionMask(
+        query_positions=positions[:, context : context + 1], key_positions=positions, key_padding=mask == 0,
+        slopes=alibi_slopes(HEADS).cuda(),
+    )
+    return dict(q=q, k=k, v=v, mask=attention_mask, slots=slots)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", default="2048,65536")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("decode_kernel_bench.py needs a CUDA GPU.")
+    bandwidth = copy_gb_s()
+    rows = []
+    for context in (int(c) for c in args.contexts.split(",")):
+        c = case(context)
+        m = c["mask"]
+        floor_ms = 2 * c["k"].numel() * 2 / bandwidth / 1e6
+
+        def kernel():
+            return decode.alibi_decode_attention(c["q"], c["k"], c["v"], m.slopes, HEAD_DIM**-0.5, m.query_positions,
+                                                 m.key_positions, key_padding=m.key_padding)
+
+        reference = eager_attention(torch.nn.Module(), c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5)[0]
+        fallback_ms = median_ms(lambda: eager_attention(torch.nn.Module(), c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5),
+                                50)
+        rows.append(dict(context=context, path="matmul fallback", ms=round(fallback_ms, 4),
+                         floor_ratio=round(floor_ms / fallback_ms, 3)))
+        for per_sm, block_n, stages in itertools.product(*GRID.values()):
+            decode.PROGRAMS_PER_SM, decode.BLOCK_N, decode.NUM_STAGES = per_sm, block_n, stages
+            error = (kernel().float() - reference.float()).abs().max().item()
+            ms = median_ms(kernel, 50)
+            rows.append(dict(context=context, path="triton", programs_per_sm=per_sm, block_n=block_n,
+                             num_stages=stages, ms=round(ms, 4), floor_ratio=round(floor_ms / ms, 3),
+                             max_error=error))
+        rows.append(dict(context=context, path="floor (K+V bytes / copy bandwidth)", ms=round(floor_ms, 4)))
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bandwidth:.0f} GB/s")
+    print(f"{'context':>8} {'path':<36} {'ms':>8} {'floor/time':>10} {'max err':>9}")
+    for r in rows:
+        setting = (f"triton {r['programs_per_sm']}/SM n{r['block_n']} s{r['num_stages']}" if r["path"] == "triton"
+                   else r["path"])
+        print(f"{r['context']:>8} {setting:<36} {r['ms']:>8.4f} {r.get('floor_ratio', 1.0):>10.3f} "
+              f"{r.get('max_error', float('nan')):>9.2e}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "decode_kernel_bench.json"), "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, copy_gb_s=round(bandwidth),
+                       rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
