@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU call: the gpu-marked tests, backend parity at 8K, and the attention kernel benchmark. Results in $OUT.
+# One GPU call: the gpu-marked tests, backend parity at 8K, and the attention and decode kernel benchmarks.
+# Results in $OUT.
 #   bash benchmarks/gpu_checks.sh
 set -uo pipefail
 for dir in .whl .cache/whl; do
@@ -14,3 +15,4 @@ python3 -m pytest -p no:cacheprovider -m gpu -q -rs --ignore=tests/test_notebook
 python3 benchmarks/backend_parity.py 2>&1 | grep -v Warning | tail -n 8
 python3 benchmarks/attention_bench.py --lengths 1024,4096,16384 --out "$OUT" 2>&1 | grep -v -i warn | tail -n 45
 python3 benchmarks/triton_alibi_bench.py --lengths 4096 16384 2>&1 | grep -v -i warn | tail -n 12
+python3 benchmarks/decode_kernel_bench.py --out "$OUT" 2>&1 | grep -v -i warn | tail -n 8

@@ -185,6 +185,7 @@ def _decode(
     window: int | None,
     max_distance: torch.Tensor | None,
 ) -> torch.Tensor:
+    """The custom op's body: both launches. Every argument is explicit, as custom ops infer their schema."""
     b, h, q_len, d = query.shape
     k_len = key.shape[2]
     block_n = 16 if _interpreting() else BLOCK_N

@@ -37,7 +37,8 @@ LOAD_HIDDEN = textwrap.dedent(
     base = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
     ids = torch.tensor(json.loads(sys.argv[2]))
     print(json.dumps({"module": type(model).__module__, "base": type(base).__name__,
-                      "has_kernel": sys.modules[type(model).__module__].alibi_flash_attention is not None,
+                      "kernels": [name for name in ("alibi_flash_attention", "alibi_decode_attention")
+                                  if getattr(sys.modules[type(model).__module__], name) is not None],
                       "logits": model(ids).logits.tolist(),
                       "generated": model.generate(ids, max_new_tokens=30, min_new_tokens=30, do_sample=False).tolist()}))
     """
@@ -69,7 +70,8 @@ def test_exported_folder_loads_with_trust_remote_code_in_a_fresh_process(tmp_pat
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["module"].startswith("transformers_modules.")  # the shipped copy, not our package
     assert loaded["base"] == "AlibiModel"
-    assert loaded["has_kernel"] == (triton == "installed")  # the shipped alibi_triton.py, imported when it can be
+    # The shipped kernel files, imported when they can be.
+    assert loaded["kernels"] == (["alibi_flash_attention", "alibi_decode_attention"] if triton == "installed" else [])
     torch.testing.assert_close(torch.tensor(loaded["logits"]), model(torch.tensor(ids)).logits, atol=1e-6, rtol=0)
     expected = model.generate(torch.tensor(ids), max_new_tokens=30, min_new_tokens=30, do_sample=False)
     assert loaded["generated"] == expected.tolist()
