@@ -422,7 +422,7 @@ def _uses_triton_decode(mask: AlibiAttentionMask, query: torch.Tensor, dropout: 
     """Whether a decode step (q <= DECODE_MAX_QUERY_LEN) runs the Triton decode kernel (see TRITON_INFERENCE).
 
     Unlike the prompt kernel it also serves compiled models (`graph_generate`, `generate` with a static cache):
-    dynamo traces the launch of a user-defined Triton kernel.
+    it is a custom op, which a compiled graph calls as it is.
     """
     return (
         TRITON_INFERENCE
