@@ -428,6 +428,7 @@ INTERPRETED_DECODE_CASES = {  # name: (config overrides, cache, compiled steps)
     "static-cache": ({}, "static", False),
     "static-cache-compiled": ({}, "static", True),
     "window": ({"attention_window": 8}, "dynamic", False),
+    "window-static-cache": ({"attention_window": 8}, "static", False),  # sliding slots: positions from the mask
     "truncation": ({"alibi_truncation": 2.0}, "static", False),
 }
 
