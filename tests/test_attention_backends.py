@@ -336,23 +336,28 @@ INTERPRETED_CASES = {  # name: (config overrides, the kernel's offset for each c
 }
 
 
-@pytest.fixture(scope="module")
-def interpreted_model() -> dict:
+def run_interpreted(script: str, cases: dict) -> dict:
+    """Run `script` with `cases` (as JSON in argv[1]) in a fresh interpreter under TRITON_INTERPRET=1; its last
+    line of output, as JSON."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    if modeling.alibi_flash_attention is None:
-        pytest.skip("triton is not installed")
     repo = Path(__file__).resolve().parents[1]
     path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
-    cases = {name: overrides for name, (overrides, _) in INTERPRETED_CASES.items()}
-    run = subprocess.run([sys.executable, "-c", _INTERPRETED_MODEL, json.dumps(cases)], cwd=repo, capture_output=True,
+    run = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], cwd=repo, capture_output=True,
                          env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def interpreted_model() -> dict:
+    if modeling.alibi_flash_attention is None:
+        pytest.skip("triton is not installed")
+    return run_interpreted(_INTERPRETED_MODEL, {name: overrides for name, (overrides, _) in INTERPRETED_CASES.items()})
 
 
 @pytest.mark.parametrize("name", list(INTERPRETED_CASES))
@@ -435,21 +440,9 @@ INTERPRETED_DECODE_CASES = {  # name: (config overrides, cache, compiled steps)
 
 @pytest.fixture(scope="module")
 def interpreted_decode() -> dict:
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     if modeling.alibi_decode_attention is None:
         pytest.skip("triton is not installed")
-    repo = Path(__file__).resolve().parents[1]
-    path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, "-c", _INTERPRETED_DECODE, json.dumps(INTERPRETED_DECODE_CASES)], cwd=repo,
-                         capture_output=True, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path},
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_interpreted(_INTERPRETED_DECODE, INTERPRETED_DECODE_CASES)
 
 
 @pytest.mark.parametrize("name", list(INTERPRETED_DECODE_CASES))
