@@ -24,7 +24,7 @@ from cuda_timing import median_ms  # noqa: E402
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_alibi.modeling_alibi import AlibiAttentionMask, alibi_slopes, flex_attention_forward  # noqa: E402
+from modeling_alibi.alibi_attention import AlibiAttentionMask, alibi_slopes, flex_attention_forward  # noqa: E402
 
 H, D = 8, 128
 DEVICE = "cuda"
@@ -70,7 +70,7 @@ def make_cases(L: int, truncation: float) -> dict:
     def model_flex(q, k, v):
         """What AlibiForCausalLM's flex backend runs (block mask cached across calls, as in training)."""
         mask = AlibiAttentionMask(positions.expand(q.shape[0], L), positions.expand(q.shape[0], L), None, SLOPES)
-        return flex_attention_forward(torch.nn.Module(), q, k, v, mask, scaling=D**-0.5)[0]
+        return flex_attention_forward(None, q, k, v, mask, scaling=D**-0.5)[0].transpose(1, 2)  # (b, h, q, d)
 
     return {
         "model_flex": model_flex,

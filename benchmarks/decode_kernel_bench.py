@@ -4,7 +4,7 @@ For one decode step (q = 1, 8 heads, d 128, bf16) over a static cache of `contex
 times, with the anchors' CUDA-event method (benchmarks/cuda_timing.py) around replays of a CUDA graph that holds
 REPEAT calls (so no Python launch time is counted, as in `graph_generate`):
   * the kernel for each launch setting in the grid (programs per SM, keys per tile, pipeline stages);
-  * the model's matmul fallback (`eager_attention`: two batched GEMVs around an fp32 softmax);
+  * the model's matmul fallback (`eager_attention_forward`: two batched GEMVs around an fp32 softmax);
   * the floor: the cache's key and value bytes over the device-to-device copy bandwidth measured here.
 It prints one table and writes decode_kernel_bench.json to --out.
 
@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import modeling_alibi.alibi_triton_decode as decode  # noqa: E402
 from cuda_timing import median_ms  # noqa: E402
-from modeling_alibi.modeling_alibi import AlibiAttentionMask, alibi_slopes, eager_attention  # noqa: E402
+from modeling_alibi.alibi_attention import AlibiAttentionMask, alibi_slopes, eager_attention_forward  # noqa: E402
 
 GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4))
 REPEAT = 20
@@ -82,8 +82,8 @@ def main() -> None:
             return decode.alibi_decode_attention(c["q"], c["k"], c["v"], m.slopes, HEAD_DIM**-0.5, m.query_positions,
                                                  m.key_positions, key_padding=m.key_padding)
 
-        reference = eager_attention(torch.nn.Module(), c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5)[0]
-        fallback_ms = graphed_ms(lambda: eager_attention(torch.nn.Module(), c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5))
+        reference = eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5)[0].transpose(1, 2)
+        fallback_ms = graphed_ms(lambda: eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5))
         rows.append(dict(context=context, path="matmul fallback", ms=round(fallback_ms, 4),
                          floor_ratio=round(floor_ms / fallback_ms, 3)))
         for per_sm, block_n, stages in itertools.product(*GRID.values()):

@@ -69,7 +69,7 @@ class AlibiConfig(PreTrainedConfig):
     """
 
     model_type = "alibi"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     # transformers' caches read `sliding_window` to decide whether a layer keeps only its last keys.
     attribute_map = {"sliding_window": "attention_window"}
 
@@ -158,12 +158,6 @@ class AlibiConfig(PreTrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
-        attn = kwargs.get("attn_implementation")
-        if attn is not None and attn not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"Unknown attn_implementation={attn!r}. Choose one of {ATTENTION_IMPLEMENTATIONS}; "
-                "'eager' is the reference and runs everywhere."
-            )
 
     @property
     def head_dim(self) -> int:

@@ -150,7 +150,7 @@ class _Decoder:
         # An unpadded prompt goes in without a mask: the model's fast unpadded path (the Triton prompt kernel).
         prompt_mask = None if attention_mask is None else state.mask[:, :prompt]
         logits, _ = self.model.prefill(input_ids, attention_mask=prompt_mask, chunk_size=chunk_size,
-                                       past_key_values=self.cache)
+                                       cache=self.cache)
         return logits
 
     def record(self, logits: torch.Tensor) -> None:
@@ -160,7 +160,7 @@ class _Decoder:
     def one_step(self) -> None:
         state = self.state
         state.mask.index_fill_(1, state.slot, 1)  # the fed token becomes a real key
-        out = self.forward(state.token, attention_mask=state.mask, past_key_values=self.cache, use_cache=True,
+        out = self.forward(state.token, attention_mask=state.mask, cache=self.cache, use_cache=True,
                            logits_to_keep=1)
         state.slot.add_(1)
         self.record(out.logits[:, -1])

@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 from transformers import DynamicCache
 
-import modeling_alibi.modeling_alibi as modeling
+import modeling_alibi.alibi_attention as modeling
 from modeling_alibi import AlibiForCausalLM
 
 from conftest import model_pair, tiny_config, tiny_model
@@ -297,7 +297,7 @@ def test_leaf_tensors_that_require_grad_take_triton_under_no_grad(forced_flex):
 _INTERPRETED_MODEL = r"""
 import json, sys
 import torch
-import modeling_alibi.modeling_alibi as modeling
+import modeling_alibi.alibi_attention as modeling
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 
 modeling._uses_flex = lambda device, q_len: q_len >= modeling.FLEX_MIN_QUERY_LEN
@@ -377,7 +377,7 @@ _INTERPRETED_DECODE = r"""
 import json, sys
 import torch
 from transformers import DynamicCache, StaticCache
-import modeling_alibi.modeling_alibi as modeling
+import modeling_alibi.alibi_attention as modeling
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 
 modeling._decode_supported = lambda query: True

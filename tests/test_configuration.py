@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
-from modeling_alibi.modeling_alibi import AlibiAttentionMask, flex_attention_forward
+from modeling_alibi.alibi_attention import AlibiAttentionMask, flex_attention_forward
 
 from conftest import tiny_config
 
@@ -40,7 +40,6 @@ def test_train_seq_len_is_metadata_not_a_cap():
         (dict(tie_adaptive_weights=True), "tie_adaptive_weights needs"),
         (dict(tie_adaptive_proj=True), "tie_adaptive_proj needs"),
         (dict(input_embedding_size=16), "tie_word_embeddings needs"),
-        (dict(attn_implementation="flash_attention_9"), "Unknown attn_implementation"),
     ],
 )
 def test_bad_configs_raise_clear_errors(overrides, message):

@@ -6,7 +6,7 @@ from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.cache_utils import DynamicSlidingWindowLayer, StaticSlidingWindowLayer
 
-import modeling_alibi.modeling_alibi as modeling
+import modeling_alibi.alibi_attention as modeling
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 
 from conftest import model_pair, tiny_config, tiny_model

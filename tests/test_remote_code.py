@@ -36,9 +36,10 @@ LOAD_HIDDEN = textwrap.dedent(
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
     base = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
     ids = torch.tensor(json.loads(sys.argv[2]))
+    attention = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".alibi_attention"]
     print(json.dumps({"module": type(model).__module__, "base": type(base).__name__,
                       "kernels": [name for name in ("alibi_flash_attention", "alibi_decode_attention")
-                                  if getattr(sys.modules[type(model).__module__], name) is not None],
+                                  if getattr(attention, name) is not None],
                       "logits": model(ids).logits.tolist(),
                       "generated": model.generate(ids, max_new_tokens=30, min_new_tokens=30, do_sample=False).tolist()}))
     """
