@@ -82,6 +82,7 @@ from transformers import BloomConfig, BloomForCausalLM, MptConfig, MptForCausalL
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
 from modeling_alibi.decoding import graph_generate  # noqa: E402
+from modeling_alibi.modeling_alibi import CACHE_NAME  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()
 logging.getLogger("torch._inductor").setLevel(logging.ERROR)
@@ -343,7 +344,7 @@ class Bench:
         out["prefill_tok_s"] = round(length / out["prefill_s"])
         out["kv_bytes"] = kv_bytes(cache)
         t0 = time.perf_counter()
-        model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, do_sample=False,
+        model.generate(ids, attention_mask=torch.ones_like(ids), **{CACHE_NAME: cache}, do_sample=False,
                        max_new_tokens=s["prompt_new"], min_new_tokens=s["prompt_new"], pad_token_id=1)
         self.sync()
         out["generate_s"] = round(time.perf_counter() - t0, 3)
@@ -418,7 +419,7 @@ class Bench:
         cache = StaticCache(model.config, max_cache_len=total) if static else None
         self.sync()
         t0 = time.perf_counter()
-        logits, cache = model.prefill(ids, chunk_size=s["chunk"], past_key_values=cache)
+        logits, cache = model.prefill(ids, chunk_size=s["chunk"], cache=cache)
         self.sync()
         out = dict(context=length, prefill_s=round(time.perf_counter() - t0, 2))
         if static:
@@ -437,7 +438,7 @@ class Bench:
                 seen += 1
                 self.sync()
                 t0 = time.perf_counter()
-                logits = step(token, attention_mask=mask if static else mask[:, :seen], past_key_values=cache,
+                logits = step(token, attention_mask=mask if static else mask[:, :seen], cache=cache,
                               use_cache=True, logits_to_keep=1).logits
                 token = logits[:, -1].argmax(-1, keepdim=True)
                 self.sync()

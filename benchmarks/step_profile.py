@@ -124,7 +124,7 @@ def decode_part(result: dict) -> None:
     rows = result.setdefault("decode", [])
     for label in ("eager", "compiled"):
         cache = StaticCache(model.config, max_cache_len=total)
-        logits, cache = model.prefill(ids, past_key_values=cache)
+        logits, cache = model.prefill(ids, cache=cache)
         mask = torch.zeros(1, total, dtype=torch.long, device="cuda")
         mask[:, :prompt] = 1
         step_model = torch.compile(model, mode="reduce-overhead") if label == "compiled" else model
@@ -134,7 +134,7 @@ def decode_part(result: dict) -> None:
             mask[:, state["seen"]] = 1
             state["seen"] += 1
             with torch.no_grad():
-                out = step_model(state["token"], attention_mask=mask, past_key_values=cache, use_cache=True,
+                out = step_model(state["token"], attention_mask=mask, cache=cache, use_cache=True,
                                  logits_to_keep=1).logits
             state["token"] = out[:, -1].argmax(-1, keepdim=True)
 

@@ -79,31 +79,33 @@ def alibi_slopes(num_heads: int, bias_max: float = 8.0) -> torch.Tensor:
     Returns:
         A float32 tensor of shape (num_heads,).
     """
+    return torch.tensor(_slope_values(num_heads, bias_max), dtype=torch.float32)
+
+
+def _slope_values(num_heads: int, bias_max: float) -> list[float]:
+    """The slopes as Python floats (float64), rounded to float32 only when they become a tensor."""
     closest = 2 ** math.floor(math.log2(num_heads))
-    exponents = torch.arange(1, closest + 1, dtype=torch.float64) * (bias_max / closest)
-    if closest < num_heads:
-        odd = torch.arange(1, 2 * (num_heads - closest), 2, dtype=torch.float64)  # 1, 3, 5, ...
-        exponents = torch.cat([exponents, odd * (bias_max / (2 * closest))])
-    return torch.pow(2.0, -exponents).float()
+    exponents = [k * (bias_max / closest) for k in range(1, closest + 1)]
+    odd = range(1, 2 * (num_heads - closest), 2)  # 1, 3, 5, ...: every other slope of the next power of two
+    exponents += [k * (bias_max / (2 * closest)) for k in odd]
+    return [2.0**-exponent for exponent in exponents]
 
 
-# Slopes already on a device, by (heads, bias_max, device). Every forward needs them; making them there each time
-# would either copy from the host (which a CUDA graph cannot hold) or compute in float64 on the device (which
-# inductor fuses into the flex kernel, where float64 fails to compile).
+# Slopes already on a device, by (heads, bias_max, device), so eager forwards and CUDA-graph replays reuse one
+# tensor. A traced forward (torch.compile, torch.export) that finds none makes them as a constant of its graph:
+# Python floats, no host copy and no float64 on the device (inductor fused that into the flex kernel, where
+# float64 fails to compile).
 _DEVICE_SLOPES: dict[tuple[int, float, str], torch.Tensor] = {}
 
 
 def _device_slopes(num_heads: int, bias_max: float, device: torch.device) -> torch.Tensor:
     key = (num_heads, bias_max, str(device))
     slopes = _DEVICE_SLOPES.get(key)
-    if slopes is None:  # once per device; under torch.compile, a graph break on this first call only
-        slopes = _DEVICE_SLOPES[key] = _new_device_slopes(num_heads, bias_max, device)
+    if slopes is None:
+        slopes = torch.tensor(_slope_values(num_heads, bias_max), dtype=torch.float32, device=device)
+        if not tracing(device):
+            _DEVICE_SLOPES[key] = slopes
     return slopes
-
-
-@torch.compiler.disable
-def _new_device_slopes(num_heads: int, bias_max: float, device: torch.device) -> torch.Tensor:
-    return alibi_slopes(num_heads, bias_max).to(device)
 
 
 def alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
@@ -151,8 +153,10 @@ class AlibiAttentionMask:
             and self.max_distance is None
         )
 
-    def allowed(self, rows: slice = slice(None)) -> torch.Tensor:
+    def allowed(self, rows: slice | None = None) -> torch.Tensor:
         """Keys each query may see, as (b, 1, q, k) bool, or (b, h, q, k) when truncation is per head."""
+        # Not a `slice(None)` default: torch 2.11's dynamo cannot wrap a slice constant it did not build.
+        rows = slice(None) if rows is None else rows
         distance = self.query_positions[:, rows, None] - self.key_positions[:, None, :]  # (b, q, k)
         allowed = distance >= 0
         if self.window is not None:
@@ -166,12 +170,13 @@ class AlibiAttentionMask:
             allowed = allowed & (distance[:, None] <= self.max_distance[None, :, None, None])  # (b, h, q, k)
         return allowed
 
-    def additive(self, rows: slice = slice(None)) -> torch.Tensor:
+    def additive(self, rows: slice | None = None) -> torch.Tensor:
         """ALiBi bias plus mask for the query `rows`, in fp32: (b, h or 1, q, k).
 
         This is also the mask a backend registered from outside (transformers' own, or a user's) receives, cast
         to the query dtype: any function that adds a 4-D float mask to its scores computes ALiBi exactly.
         """
+        rows = slice(None) if rows is None else rows
         allowed = self.allowed(rows)
         if self.slopes is None:
             bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)

@@ -11,6 +11,7 @@ alibi_triton.py and alibi_triton_decode.py. They import only torch, transformers
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, TypedDict
@@ -75,13 +76,22 @@ def _reject_unknown(kwargs: dict, allowed: type, owner: str) -> None:
 
 
 def _take_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
-    """The cache under either name: `cache` (transformers 5.2x) or `past_key_values` (before, and in old code)."""
-    old_name = kwargs.pop("past_key_values", None)
-    if old_name is None:
+    """The cache under either name: `cache` (transformers 5.2x) or `past_key_values` (before, and in old code).
+
+    Where transformers itself says `cache`, the old name warns as transformers' own models do.
+    """
+    if "past_key_values" not in kwargs:
         return cache
-    if cache is not None:
+    old_name = kwargs.pop("past_key_values")
+    if cache is not None and old_name is not None:
         raise ValueError("Pass the KV cache once, as `cache` or as `past_key_values`, not both.")
-    return old_name
+    if CACHE_NAME == "cache" and not torch.compiler.is_compiling():
+        warnings.warn(
+            "`past_key_values` is deprecated since transformers 5.2x renamed it: pass the KV cache as `cache`.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return cache if old_name is None else old_name
 
 
 def output_cache(outputs: Any) -> Cache | None:
@@ -272,8 +282,8 @@ class AlibiPreTrainedModel(PreTrainedModel):
             )
         if requested_attention != "eager" and requested_attention not in ALL_ATTENTION_FUNCTIONS:
             raise ValueError(
-                f"Unknown attn_implementation={requested_attention!r}. Choose eager, sdpa, flex_attention or "
-                "flash_attention_2, or register a function with transformers.AttentionInterface.register first."
+                f'Specified `attn_implementation="{requested_attention}"` is not supported. Choose "eager", "sdpa", '
+                '"flex_attention" or "flash_attention_2", or register a function with AttentionInterface.register.'
             )
         if requested_attention == "flex_attention" and (flex_attention is None or not torch.cuda.is_available()):
             raise ValueError('attn_implementation="flex_attention" needs CUDA; use "sdpa" on this machine.')

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from modeling_alibi.modeling_alibi import output_cache
 from torch.testing import assert_close
 from transformers import DynamicCache
 
@@ -105,7 +106,7 @@ def test_flash_call_decodes_with_cache(fake_flash, num_heads):
     out = model(input_ids[:, :8], attention_mask=mask[:, :8], use_cache=True)
     steps = [out.logits]
     for t in range(8, 12):
-        out = model(input_ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=out.past_key_values)
+        out = model(input_ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=output_cache(out))
         steps.append(out.logits)
     assert_close(torch.cat(steps, 1)[mask.bool()], full[mask.bool()], atol=1e-5, rtol=1e-5)
 
@@ -221,7 +222,7 @@ def test_unpadded_inference_runs_the_triton_kernel(forced_flex, overrides, offse
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         expected = reference(input_ids).logits
-        chunks = [model(input_ids[:, s : s + 64], past_key_values=cache, use_cache=True).logits for s in (0, 64, 128)]
+        chunks = [model(input_ids[:, s : s + 64], cache=cache, use_cache=True).logits for s in (0, 64, 128)]
     layers = model.config.num_hidden_layers
     assert [call["offset"] for call in forced_flex["triton"]] == [offset for offset in offsets for _ in range(layers)]
     for call in forced_flex["triton"]:
@@ -401,12 +402,12 @@ def decode(model, kind, prompt, mask, new, compiled=False):
     width = lambda seen: slots if kind == "static" else seen
     full = torch.cat([mask, torch.ones_like(new)], 1)
     padded = lambda seen: torch.nn.functional.pad(full[:, :seen], (0, width(seen) - seen))
-    model(prompt, attention_mask=padded(prompt.shape[1]), past_key_values=cache, use_cache=True)
+    model(prompt, attention_mask=padded(prompt.shape[1]), cache=cache, use_cache=True)
     step = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False) if compiled else model
     logits = []
     for i in range(new.shape[1]):
         seen = prompt.shape[1] + i + 1
-        out = step(new[:, i : i + 1], attention_mask=padded(seen), past_key_values=cache, use_cache=True)
+        out = step(new[:, i : i + 1], attention_mask=padded(seen), cache=cache, use_cache=True)
         logits.append(out.logits[:, -1].float())
     return torch.stack(logits, 1)
 
@@ -462,8 +463,8 @@ def test_decode_steps_fall_back_without_the_kernel(monkeypatch):
     monkeypatch.setattr(modeling, "_decode_supported", lambda query: seen.append(query.shape) or False)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(torch.randint(3, 99, (1, 5)), past_key_values=cache, use_cache=True)
-        model(torch.randint(3, 99, (1, 1)), past_key_values=cache, use_cache=True)
+        model(torch.randint(3, 99, (1, 5)), cache=cache, use_cache=True)
+        model(torch.randint(3, 99, (1, 1)), cache=cache, use_cache=True)
     if modeling.alibi_decode_attention is None:
         assert seen == []  # no triton: the kernel is never considered
     else:

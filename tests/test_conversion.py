@@ -10,6 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
+from modeling_alibi.modeling_alibi import output_cache
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,8 +99,8 @@ def test_kv_cache_decoding_matches_reference(workdir, arch: str, heads: int, len
     past, steps = None, []
     with torch.no_grad():
         for t in range(length):
-            output = model(ids[:, t : t + 1], past_key_values=past, use_cache=True)
-            past = output.past_key_values
+            output = model(ids[:, t : t + 1], cache=past, use_cache=True)
+            past = output_cache(output)
             steps.append(output.logits[0, -1].float().log_softmax(-1))
     torch.testing.assert_close(torch.stack(steps).double(), expected, atol=ATOL, rtol=0)
 

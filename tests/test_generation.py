@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from modeling_alibi.modeling_alibi import output_cache
 from torch.testing import assert_close
 
 from conftest import tiny_model
@@ -21,7 +22,7 @@ def test_token_by_token_decoding_equals_full_forward_to_8x_train_len(num_heads, 
     out = model(input_ids[:, :1], use_cache=True)
     steps = [out.logits]
     for t in range(1, length):
-        out = model(input_ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids[:, t : t + 1], cache=output_cache(out), use_cache=True)
         steps.append(out.logits)
     assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
@@ -36,7 +37,7 @@ def test_baselines_decode_with_the_cache_too(encoding):
     out = model(input_ids[:, :25], attention_mask=mask[:, :25], use_cache=True)
     steps = [out.logits]
     for t in range(25, 40):
-        out = model(input_ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=out.past_key_values)
+        out = model(input_ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=output_cache(out))
         steps.append(out.logits)
     assert_close(torch.cat(steps, 1)[mask.bool()], full[mask.bool()], atol=1e-5, rtol=1e-5)
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from modeling_alibi.modeling_alibi import output_cache
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.cache_utils import DynamicSlidingWindowLayer, StaticSlidingWindowLayer
@@ -119,12 +120,12 @@ def test_windowed_streaming_equals_windowed_full_forward_at_10x_window(num_heads
     input_ids, mask = padded_batch(length)
     full = model(input_ids, attention_mask=mask).logits
     out = model(input_ids[:, :1], attention_mask=mask[:, :1], use_cache=True)
-    assert isinstance(out.past_key_values.layers[0], DynamicSlidingWindowLayer)  # made by the model itself
+    assert isinstance(output_cache(out).layers[0], DynamicSlidingWindowLayer)  # made by the model itself
     steps = [out.logits]
     for t in range(1, length):
-        out = model(input_ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=out.past_key_values)
+        out = model(input_ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=output_cache(out))
         steps.append(out.logits)
-        assert all(layer.keys.shape[-2] <= WINDOW - 1 for layer in out.past_key_values.layers)  # constant memory
+        assert all(layer.keys.shape[-2] <= WINDOW - 1 for layer in output_cache(out).layers)  # constant memory
     real = mask.bool()
     assert_close(torch.cat(steps, dim=1)[real], full[real], atol=1e-5, rtol=1e-5)
 
@@ -134,7 +135,7 @@ def test_windowed_cache_without_a_mask_keeps_true_positions():
     input_ids = torch.randint(3, 99, (1, 5 * WINDOW))
     full = model(input_ids).logits
     _, cache = model.prefill(input_ids[:, :-3], chunk_size=5)
-    steps = [model(input_ids[:, t : t + 1], past_key_values=cache).logits for t in range(5 * WINDOW - 3, 5 * WINDOW)]
+    steps = [model(input_ids[:, t : t + 1], cache=cache).logits for t in range(5 * WINDOW - 3, 5 * WINDOW)]
     assert_close(torch.cat(steps, 1), full[:, -3:], atol=1e-5, rtol=1e-5)
 
 
@@ -142,8 +143,8 @@ def test_windowed_generate_equals_full_forward_argmax():
     model = tiny_model(6, "sdpa", attention_window=WINDOW)
     input_ids, mask = padded_batch(3 * WINDOW)
     out = model.generate(input_ids, attention_mask=mask, max_new_tokens=6 * WINDOW, min_new_tokens=6 * WINDOW, **GREEDY)
-    assert isinstance(out.past_key_values.layers[0], DynamicSlidingWindowLayer)
-    assert out.past_key_values.layers[0].keys.shape[-2] == WINDOW - 1
+    assert isinstance(output_cache(out).layers[0], DynamicSlidingWindowLayer)
+    assert output_cache(out).layers[0].keys.shape[-2] == WINDOW - 1
     full_mask = torch.cat([mask, torch.ones(2, 6 * WINDOW, dtype=torch.long)], dim=1)
     full = model(out.sequences, attention_mask=full_mask).logits[:, 3 * WINDOW - 1 : -1]
     assert_close(torch.stack(out.logits, dim=1), full, atol=1e-5, rtol=1e-5)
@@ -160,18 +161,18 @@ def test_chunked_prefill_then_decode_equals_one_shot(padded, window):
     one_shot = model(input_ids, attention_mask=mask, use_cache=True)
     cache = DynamicCache(config=model.config)
     counts = record_key_counts(cache)
-    last, cache = model.prefill(input_ids, attention_mask=mask, chunk_size=6, past_key_values=cache)
+    last, cache = model.prefill(input_ids, attention_mask=mask, chunk_size=6, cache=cache)
     assert_close(last, one_shot.logits[:, -1], atol=1e-5, rtol=1e-5)
     if window is not None:  # attention never sees more than the kept keys plus one chunk
         assert max(counts) <= WINDOW - 1 + 6
     # Greedy decoding from both caches.
-    caches, tokens = [one_shot.past_key_values, cache], [one_shot.logits[:, -1], last]
+    caches, tokens = [output_cache(one_shot), cache], [one_shot.logits[:, -1], last]
     new_mask = mask
     for _ in range(10):
         nexts = [logits.argmax(-1, keepdim=True) for logits in tokens]
         assert torch.equal(nexts[0], nexts[1])
         new_mask = torch.cat([new_mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
-        tokens = [model(nexts[i], attention_mask=new_mask, past_key_values=caches[i]).logits[:, -1] for i in (0, 1)]
+        tokens = [model(nexts[i], attention_mask=new_mask, cache=caches[i]).logits[:, -1] for i in (0, 1)]
         assert_close(tokens[1], tokens[0], atol=1e-5, rtol=1e-5)
 
 
@@ -211,7 +212,7 @@ def test_static_cache_generate_equals_dynamic_to_8x_train_len(num_heads, window)
     new_tokens = 8 * TRAIN_LEN - input_ids.shape[1]
     kwargs = dict(attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **GREEDY)
     static = model.generate(input_ids, cache_implementation="static", **kwargs)
-    assert isinstance(static.past_key_values, StaticCache)
+    assert isinstance(output_cache(static), StaticCache)
     dynamic = model.generate(input_ids, **kwargs)
     assert_same_greedy(static, dynamic)
     full_mask = torch.cat([mask, torch.ones(2, new_tokens, dtype=torch.long)], dim=1)
@@ -224,12 +225,12 @@ def test_static_cache_forward_takes_a_mask_padded_to_the_cache_length():
     input_ids, mask = padded_batch(30)
     full = model(input_ids, attention_mask=mask).logits
     cache = StaticCache(model.config, max_cache_len=48)
-    out = model(input_ids[:, :20], attention_mask=mask[:, :20], past_key_values=cache)  # unpadded mask works too
+    out = model(input_ids[:, :20], attention_mask=mask[:, :20], cache=cache)  # unpadded mask works too
     steps = [out.logits]
     for t in range(20, 30):
         step_mask = model.create_masks_for_generate(model.config, torch.empty(2, 1, 0), mask[:, : t + 1], cache)
         assert step_mask.shape == (2, 48)  # 2-D, one shape for every step
-        steps.append(model(input_ids[:, t : t + 1], attention_mask=step_mask, past_key_values=cache).logits)
+        steps.append(model(input_ids[:, t : t + 1], attention_mask=step_mask, cache=cache).logits)
     assert_close(torch.cat(steps, 1)[mask.bool()], full[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
@@ -242,9 +243,9 @@ def test_static_cache_without_a_mask_hides_its_empty_slots(implementation, encod
     input_ids = torch.randint(3, 99, (2, 30))
     full = model(input_ids).logits
     cache = StaticCache(model.config, max_cache_len=48)
-    last, _ = model.prefill(input_ids[:, :20], chunk_size=8, past_key_values=cache)  # 8 + 8 + 4, no mask
+    last, _ = model.prefill(input_ids[:, :20], chunk_size=8, cache=cache)  # 8 + 8 + 4, no mask
     assert_close(last, full[:, 19], atol=1e-5, rtol=1e-5)
-    steps = [model(input_ids[:, t : t + 1], past_key_values=cache).logits for t in range(20, 30)]
+    steps = [model(input_ids[:, t : t + 1], cache=cache).logits for t in range(20, 30)]
     assert_close(torch.cat(steps, 1), full[:, 20:], atol=1e-5, rtol=1e-5)
 
 
@@ -279,9 +280,9 @@ def test_flash_call_with_window_and_static_cache_matches_eager(monkeypatch):
         model.config._attn_implementation = "flash_attention_2"  # transformers' own check wants the real package
         assert_close(model(input_ids, attention_mask=mask).logits[real], expected[real], atol=1e-5, rtol=1e-5)
         cache = StaticCache(model.config, max_cache_len=40)  # empty slots after the queries: varlen path
-        steps = [model(input_ids[:, :25], attention_mask=mask[:, :25], past_key_values=cache).logits]
+        steps = [model(input_ids[:, :25], attention_mask=mask[:, :25], cache=cache).logits]
         for t in range(25, 30):
-            steps.append(model(input_ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache).logits)
+            steps.append(model(input_ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache).logits)
         assert_close(torch.cat(steps, 1)[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
@@ -292,13 +293,13 @@ def test_compiled_static_decode_is_one_graph():
     input_ids, mask = padded_batch(12)
     expected = model.generate(input_ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, **GREEDY)
     cache = StaticCache(model.config, max_cache_len=20)
-    logits = model(input_ids, attention_mask=mask, past_key_values=cache).logits[:, -1]
+    logits = model(input_ids, attention_mask=mask, cache=cache).logits[:, -1]
     step = torch.compile(model, fullgraph=True, backend="eager", dynamic=False)
     tokens = [logits.argmax(-1, keepdim=True)]
     for _ in range(7):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
         step_mask = model.create_masks_for_generate(model.config, torch.empty(2, 1, 0), mask, cache)
-        logits = step(tokens[-1], attention_mask=step_mask, past_key_values=cache).logits[:, -1]
+        logits = step(tokens[-1], attention_mask=step_mask, cache=cache).logits[:, -1]
         tokens.append(logits.argmax(-1, keepdim=True))
     assert torch.equal(torch.cat(tokens, 1), expected.sequences[:, 12:])
 
