@@ -46,7 +46,7 @@ from .configuration_alibi import AlibiConfig
 
 logger = logging.get_logger(__name__)
 
-# transformers 5.2x renamed the KV-cache argument and output field from `past_key_values` to `cache`. The output
+# transformers 5.24 renamed the KV-cache argument and output field from `past_key_values` to `cache`. The output
 # classes of the installed transformers say which name it uses; the model returns the cache under that name and
 # takes it under either.
 CACHE_NAME = "cache" if "cache" in {field.name for field in fields(BaseModelOutputWithPast)} else "past_key_values"
@@ -55,7 +55,7 @@ CACHE_NAME = "cache" if "cache" in {field.name for field in fields(BaseModelOutp
 class AlibiModelKwargs(TypedDict, total=False):
     """Keywords `AlibiModel.forward` takes beyond its named arguments. Any other name raises a TypeError."""
 
-    past_key_values: Cache | None  # the cache under its name before transformers 5.2x (`cache` now)
+    past_key_values: Cache | None  # the cache under its name before transformers 5.24 (`cache` now)
 
 
 class AlibiCausalLMKwargs(AlibiModelKwargs, total=False):
@@ -76,7 +76,7 @@ def _reject_unknown(kwargs: dict, allowed: type, owner: str) -> None:
 
 
 def _take_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
-    """The cache under either name: `cache` (transformers 5.2x) or `past_key_values` (before, and in old code).
+    """The cache under either name: `cache` (transformers 5.24) or `past_key_values` (before, and in old code).
 
     Where transformers itself says `cache`, the old name warns as transformers' own models do.
     """
@@ -87,7 +87,7 @@ def _take_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
         raise ValueError("Pass the KV cache once, as `cache` or as `past_key_values`, not both.")
     if CACHE_NAME == "cache" and not torch.compiler.is_compiling():
         warnings.warn(
-            "`past_key_values` is deprecated since transformers 5.2x renamed it: pass the KV cache as `cache`.",
+            "`past_key_values` is deprecated since transformers 5.24 renamed it: pass the KV cache as `cache`.",
             FutureWarning,
             stacklevel=3,
         )
@@ -95,7 +95,7 @@ def _take_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
 
 
 def output_cache(outputs: Any) -> Cache | None:
-    """The cache a forward returned, read under this transformers' name (the other name warns on 5.2x)."""
+    """The cache a forward returned, read under the installed transformers' name (the old one warns from 5.24 on)."""
     return getattr(outputs, CACHE_NAME)
 
 
@@ -346,7 +346,7 @@ class AlibiModel(AlibiPreTrainedModel):
                 packed documents (padding-free training, as `DataCollatorWithFlattening` makes): each token then
                 attends within its document only. The baseline encodings (`sinusoidal`, `rotary`, `learned`)
                 read them as positions; ALiBi needs only distances, which the mask and the cache give.
-            cache: A `Cache` (the name transformers 5.2x uses; `past_key_values=` is taken too). When `use_cache`
+            cache: A `Cache` (transformers' name since 5.24; `past_key_values=` is taken too). When `use_cache`
                 and none is given, `DynamicCache(config=config)` is made: with `config.attention_window` W its
                 layers keep only the last W - 1 keys.
             inputs_embeds: Unscaled token embeddings (b, q, input dim), as `embed_tokens` returns them.
@@ -595,7 +595,7 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
 
         ALiBi positions come from the cumulative 2-D mask, so a 4-D mask would lose them. The mask is padded with
         zeros to the span of keys the cache returns, which keeps its shape fixed from step to step (one compiled
-        graph) for a `StaticCache`. generate() passes the cache as `cache` (transformers 5.2x) or
+        graph) for a `StaticCache`. generate() passes the cache as `cache` (transformers 5.24) or
         `past_key_values` (before); its other keywords (position_ids, ...) describe the same tokens.
         """
         cache = _take_cache(cache, kwargs)

@@ -2,7 +2,7 @@
 
 Every generation path is checked against a full forward without a cache: at each generated step, the logits
 generate() reports (`output_logits=True`) equal the no-cache forward's logits at that position. A cache that
-is silently ignored (transformers 5.2x renamed `past_key_values` to `cache`) fails these at the second token.
+is silently ignored (transformers 5.24 renamed `past_key_values` to `cache`) fails these at the second token.
 """
 
 import pytest
@@ -66,7 +66,7 @@ def test_every_generated_step_equals_a_full_forward(implementation, mode, window
 
 
 def test_unpadded_generate_equals_a_full_forward():
-    """No padding: generate() drops the all-ones mask and passes position_ids (transformers 5.2x)."""
+    """No padding: generate() drops an all-ones mask and passes position_ids instead."""
     model = tiny_model(6, "sdpa")
     input_ids = torch.randint(3, 99, (2, 9))
     out = model.generate(input_ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
@@ -94,7 +94,7 @@ def test_forward_returns_the_cache_under_the_installed_name_and_takes_either_nam
     by_new_name = model(ids[:, 5:6], cache=cache).logits
     assert_close(by_new_name, model(ids[:, :6]).logits[:, -1:], atol=1e-5, rtol=1e-5)
     cache = output_cache(model(ids[:, :5], use_cache=True))
-    if CACHE_NAME == "cache":  # transformers 5.2x: the old name still works, and warns as in-tree models do
+    if CACHE_NAME == "cache":  # transformers 5.24: the old name still works, and warns as in-tree models do
         with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
             by_old_name = model(ids[:, 5:6], past_key_values=cache).logits
     else:
@@ -236,3 +236,26 @@ def test_a_static_cache_decode_step_traces_as_one_graph():
     got = compiled(token, attention_mask=step_mask, cache=cache).logits
     full = model(torch.cat([input_ids, token], 1), attention_mask=step_mask[:, : input_ids.shape[1] + 1]).logits
     assert_close(got[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager_step", "compiled"])
+@pytest.mark.parametrize("implementation", ["flex_attention", "sdpa"])
+def test_gpu_packed_rows_train_like_eager(implementation, compiled):
+    """Padding-free training on the GPU backends (flex: a per-row document mask and position score_mod): loss
+    and every gradient equal fp32 eager's on the same packed batch, compiled or not."""
+    from conftest import model_pair
+
+    reference, fast = model_pair(4, implementation)
+    lengths = (150, 40, 300, 22)  # documents of 512 tokens, cut across flex's 128-token blocks
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None].cuda()  # (1, 512)
+    input_ids = torch.randint(3, 99, (1, sum(lengths)), device="cuda")
+    step = torch.compile(fast) if compiled else fast
+    losses = []
+    for model in (reference.train(), step.train()):
+        out = model(input_ids=input_ids, position_ids=position_ids, labels=input_ids)
+        out.loss.backward()
+        losses.append(out.loss)
+    assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    for (name, expected), actual in zip(reference.named_parameters(), fast.parameters()):
+        assert_close(actual.grad, expected.grad, atol=1e-4, rtol=1e-3, msg=name)
