@@ -30,7 +30,14 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .tokenization import SPECIAL_SYMBOLS, FairseqDictionary, build_fairseq_dictionary, fairseq_tokenizer
+from .tokenization import (
+    PADDING_SIDE,
+    SPECIAL_SYMBOLS,
+    FairseqDictionary,
+    build_fairseq_dictionary,
+    fairseq_tokenizer,
+    save_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +165,7 @@ def _record_rows(paths: list[str], text_mode: TextMode) -> Iterator[dict[str, st
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (GPT-2 style, no unknown tokens) with the fairseq specials at ids 0-3."""
+    """Byte-level BPE (GPT-2 style, no unknown tokens) with the fairseq specials at ids 0-3, padding on the left."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -169,7 +176,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, padding_side=PADDING_SIDE, **SPECIAL_TOKENS)
 
 
 def train_wordlevel_tokenizer(texts: Iterable[str], vocab_size: int | None = None) -> PreTrainedTokenizerFast:
@@ -193,7 +200,7 @@ def load_or_train_tokenizer(
         else:
             tokenizer = train_wordlevel_tokenizer(source.texts(), vocab_size)
         with _atomic_dir(path) as tmp:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
     return AutoTokenizer.from_pretrained(path)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
 from .data import TextSource, build_lm_dataset, collate_blocks
+from .tokenization import save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
         logger.info("validation: %s", trainer.evaluate())
     final = Path(args.output) / "final"
     trainer.save_model(final)
-    tokenizer.save_pretrained(final)
+    save_tokenizer(tokenizer, final)  # padding on the left, for batched generate()
     return final
 
 

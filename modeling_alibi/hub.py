@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .tokenization import save_tokenizer
+
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,7 +99,7 @@ def export_for_hub(
     Args:
         model: An `AlibiForCausalLM`.
         output_dir: Destination folder; must not exist unless `overwrite`.
-        tokenizer: Saved alongside when given.
+        tokenizer: Saved alongside when given, with `padding_side="left"` (for batched generation).
         name: Model name for the card (default: the folder name).
         license: SPDX-style licence id for the card metadata.
         datasets: Dataset ids for the card metadata.
@@ -119,7 +121,7 @@ def export_for_hub(
         generation_config = model.generation_config or GenerationConfig.from_model_config(model.config)
         generation_config.save_pretrained(staging)
         if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+            save_tokenizer(tokenizer, staging)  # padding on the left, for batched generate()
         write_model_card(model, staging, name or output_dir.name, license, datasets, notes)
         missing = [f for f in (*PAYLOAD, "model.safetensors") if not (staging / f).exists()]
         if missing:

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
 BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"
 SPECIAL_SYMBOLS = (BOS, PAD, EOS, UNK)  # ids 0..3, always in this order
+# A decoder-only LM continues the last token of each row, so batched generate() needs prompts padded on the left.
+PADDING_SIDE = "left"
 OVERWRITE_FLAG = "#fairseq:overwrite"
 
 PathLike = str | os.PathLike
@@ -207,7 +209,7 @@ def fairseq_tokenizer(dictionary: PathLike | FairseqDictionary) -> PreTrainedTok
     lines use `encode_lines` (each line gets its own `</s>`, a blank line is a lone `</s>`), which is also
     exact in one corner case where the tokenizer alone is not: a special symbol glued to other characters
     (`foo<unk>`) is split off by the tokenizer, while fairseq maps the whole word to `<unk>`.
-    Decoding joins the words with single spaces.
+    Decoding joins the words with single spaces. Batches are padded on the left, for batched `generate()`.
     """
     d = dictionary if isinstance(dictionary, FairseqDictionary) else FairseqDictionary.load(dictionary)
     backend = Tokenizer(models.WordLevel(vocab=dict(d.indices), unk_token=UNK))
@@ -224,8 +226,32 @@ def fairseq_tokenizer(dictionary: PathLike | FairseqDictionary) -> PreTrainedTok
         eos_token=EOS,
         unk_token=UNK,
         clean_up_tokenization_spaces=False,  # keep "do n't" and "@-@" exactly as in the text
-        padding_side="right",
+        padding_side=PADDING_SIDE,
     )
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: PathLike) -> tuple[str, ...]:
+    """`tokenizer.save_pretrained(directory)` with `padding_side="left"` in the saved `tokenizer_config.json`.
+
+    Every tokenizer this package saves next to a model goes through here, so `tokenizer(prompts, padding=True)`
+    for a batched `generate()` pads on the left whatever tokenizer was given (a Hub tokenizer may pad on the
+    right; transformers' text-generation pipeline switches to the left by itself). The caller's tokenizer is left
+    as it was. transformers saves `padding_side` only when it is among the tokenizer's init kwargs, so both the
+    attribute and the init kwarg are set for the save.
+    """
+    if not hasattr(tokenizer, "padding_side") or not isinstance(getattr(tokenizer, "init_kwargs", None), dict):
+        return tokenizer.save_pretrained(directory)  # not a transformers tokenizer: nothing to set
+    missing = object()
+    side, init_side = tokenizer.padding_side, tokenizer.init_kwargs.get("padding_side", missing)
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = PADDING_SIDE
+    try:
+        return tokenizer.save_pretrained(directory)
+    finally:
+        tokenizer.padding_side = side
+        if init_side is missing:
+            del tokenizer.init_kwargs["padding_side"]
+        else:
+            tokenizer.init_kwargs["padding_side"] = init_side
 
 
 def encode_lines(tokenizer: PreTrainedTokenizerFast, lines: Iterable[str], append_eos: bool = True) -> list[int]:
@@ -280,6 +306,7 @@ __all__ = [
     "fairseq_tokenizer",
     "finalize_dictionary",
     "read_lines",
+    "save_tokenizer",
     "split_lines",
     "write_fairseq_dictionary",
 ]

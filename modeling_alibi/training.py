@@ -35,6 +35,7 @@ from transformers import (
 
 from .configuration_alibi import AlibiConfig
 from .data import TextSource, build_lm_dataset, collate_blocks, expand_files, load_or_train_tokenizer
+from .tokenization import save_tokenizer
 
 try:
     from torch.distributed.fsdp import FSDPModule  # FSDP2 (fully_shard), torch >= 2.6
@@ -452,7 +453,7 @@ def export_model(
     else:
         unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict)
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(output_dir)
+        save_tokenizer(tokenizer, output_dir)  # padding on the left, for batched generate()
     accelerator.wait_for_everyone()
     return output_dir
 

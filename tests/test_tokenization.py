@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bz2
+import copy
 import gzip
+import json
 import lzma
 import os
 from pathlib import Path
@@ -20,6 +22,7 @@ from modeling_alibi.tokenization import (
     encode_lines,
     fairseq_tokenizer,
     read_lines,
+    save_tokenizer,
     split_lines,
     write_fairseq_dictionary,
 )
@@ -124,8 +127,39 @@ def test_tokenizer_round_trip_offline(tmp_path, wt103_tokenizer) -> None:
     assert tok("<unk> qqqzzzunseen")["input_ids"] == [3, 3, 2]
     assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
     assert len(tok) == len(wt103_tokenizer)
-    batch = tok(["the cat", "the"], padding=True)
-    assert batch["input_ids"][1][-1] == 1 and batch["attention_mask"][1] == [1, 1, 0]
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))["padding_side"] == "left"
+    batch = tok(["the cat", "the"], padding=True)  # left padding, for batched generate()
+    assert batch["input_ids"][1][0] == 1 and batch["attention_mask"][1] == [0, 1, 1]
+
+
+def test_save_tokenizer_writes_left_padding_and_leaves_the_tokenizer_alone(tmp_path, wt103_tokenizer) -> None:
+    """A tokenizer from elsewhere may pad on the right: what we save next to a model pads on the left."""
+    for side in ("right", "left"):
+        tokenizer = copy.deepcopy(wt103_tokenizer)
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = side
+        save_tokenizer(tokenizer, tmp_path / side)
+        assert (tokenizer.padding_side, tokenizer.init_kwargs["padding_side"]) == (side, side)
+        assert json.loads((tmp_path / side / "tokenizer_config.json").read_text())["padding_side"] == "left"
+        assert AutoTokenizer.from_pretrained(tmp_path / side).padding_side == "left"
+    tokenizer = copy.deepcopy(wt103_tokenizer)
+    del tokenizer.init_kwargs["padding_side"]  # transformers saves padding_side only when it is an init kwarg
+    save_tokenizer(tokenizer, tmp_path / "no-kwarg")
+    assert "padding_side" not in tokenizer.init_kwargs
+    assert AutoTokenizer.from_pretrained(tmp_path / "no-kwarg").padding_side == "left"
+
+
+def test_every_tokenizer_we_build_or_export_pads_on_the_left(tmp_path, wt103_tokenizer) -> None:
+    from conftest import tiny_model
+    from modeling_alibi.data import train_bpe_tokenizer, train_wordlevel_tokenizer
+    from modeling_alibi.hub import export_for_hub
+
+    lines = ["the cat sat", "on the mat", "the end"]
+    bpe = train_bpe_tokenizer(lines, vocab_size=280)
+    assert wt103_tokenizer.padding_side == bpe.padding_side == train_wordlevel_tokenizer(lines).padding_side == "left"
+    bpe.padding_side = "right"  # as a Hub tokenizer might be
+    out = export_for_hub(tiny_model(vocab_size=len(bpe)), tmp_path / "export", bpe)
+    assert bpe.padding_side == "right"
+    assert json.loads((out / "tokenizer_config.json").read_text())["padding_side"] == "left"
 
 
 def test_encode_lines_fairseq_corner_cases(wt103_tokenizer) -> None:
