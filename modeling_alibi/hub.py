@@ -17,8 +17,15 @@ from .tokenization import save_tokenizer
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# The remote code: save_pretrained copies modeling_alibi.py and, following its relative imports, the other two.
-PAYLOAD = ("configuration_alibi.py", "modeling_alibi.py", "alibi_triton.py", "alibi_triton_decode.py")
+# The remote code: save_pretrained copies modeling_alibi.py and, following its relative imports, the others.
+PAYLOAD = (
+    "configuration_alibi.py",
+    "modeling_alibi.py",
+    "alibi_attention.py",
+    "alibi_adaptive.py",
+    "alibi_triton.py",
+    "alibi_triton_decode.py",
+)
 
 MODEL_CARD = """---
 library_name: transformers
