@@ -16,7 +16,7 @@ AutoModel.register(AlibiConfig, AlibiModel)
 AutoModelForCausalLM.register(AlibiConfig, AlibiForCausalLM)
 
 # Every save_pretrained / push_to_hub then writes `auto_map` and copies modeling_alibi.py with the files it
-# imports (configuration_alibi.py and the two Triton kernel files), so the folder also loads with
+# imports (configuration, attention, adaptive and the two Triton kernel files), so the folder also loads with
 # trust_remote_code=True where this package is not installed.
 AlibiConfig.register_for_auto_class()
 AlibiModel.register_for_auto_class("AutoModel")
