@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
 POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "learned", "none")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 
