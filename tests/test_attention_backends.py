@@ -4,12 +4,12 @@ import copy
 
 import pytest
 import torch
-from modeling_alibi.modeling_alibi import output_cache
 from torch.testing import assert_close
 from transformers import DynamicCache
 
 import modeling_alibi.alibi_attention as modeling
 from modeling_alibi import AlibiForCausalLM
+from modeling_alibi.modeling_alibi import output_cache
 
 from conftest import model_pair, tiny_config, tiny_model
 

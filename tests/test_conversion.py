@@ -10,12 +10,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
-from modeling_alibi.modeling_alibi import output_cache
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modeling_alibi.checkpoint_io import UnsafeCheckpointError
 from modeling_alibi.conversion import convert_fairseq_checkpoint, fairseq_log_probs, main
+from modeling_alibi.modeling_alibi import output_cache
 from tests.fairseq_fixtures import make_fairseq_checkpoint, save_fairseq_checkpoint, write_fixture_dict
 from tests.fairseq_reference import reference_log_probs
 

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from modeling_alibi.modeling_alibi import output_cache
 from torch.testing import assert_close
+
+from modeling_alibi.modeling_alibi import output_cache
 
 from conftest import tiny_model
 

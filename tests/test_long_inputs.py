@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from modeling_alibi.modeling_alibi import output_cache
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.cache_utils import DynamicSlidingWindowLayer, StaticSlidingWindowLayer
 
 import modeling_alibi.alibi_attention as modeling
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
+from modeling_alibi.modeling_alibi import output_cache
 
 from conftest import model_pair, tiny_config, tiny_model
 from test_attention_backends import _reference_flash, batch_with_padding
