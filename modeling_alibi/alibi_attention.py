@@ -598,13 +598,15 @@ NO_BIAS_BACKENDS = {
 }
 
 
-def prepare_block_mask(mask: AlibiAttentionMask, implementation: str, hidden_states: torch.Tensor, num_heads: int,
-                       requires_grad: bool) -> None:
+def prepare_block_mask(
+    mask: AlibiAttentionMask, implementation: str, hidden_states: torch.Tensor, num_heads: int, layers: nn.Module
+) -> None:
     """Build flex's block mask before the layers, when they will run flex's kernel (SDPA and Triton calls need
     none). Built once here, not in the first layer, so the decoder layers compile without a graph break."""
     if implementation != "flex_attention" or not _uses_flex(hidden_states.device, hidden_states.shape[1]):
         return
     query_like = hidden_states.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (b, h, q, d)
+    requires_grad = hidden_states.requires_grad or any(p.requires_grad for p in layers.parameters())
     if not _uses_triton(mask, query_like, requires_grad):
         _flex_block_mask(mask, hidden_states.shape[1], mask.key_positions.shape[1], hidden_states.device)
 

@@ -368,8 +368,7 @@ class AlibiModel(AlibiPreTrainedModel):
 
         hidden_states = self._embed(input_ids, inputs_embeds)
         mask = build_attention_mask(config, attention_mask, cache, hidden_states, position_ids)
-        requires_grad = hidden_states.requires_grad or any(p.requires_grad for p in self.layers.parameters())
-        prepare_block_mask(mask, config._attn_implementation, hidden_states, config.num_attention_heads, requires_grad)
+        prepare_block_mask(mask, config._attn_implementation, hidden_states, config.num_attention_heads, self.layers)
         positions = mask.query_positions if position_ids is None else position_ids.to(hidden_states.device)
         hidden_states, rotary = self._add_positions(hidden_states, positions)
         hidden_states = self.dropout(hidden_states)
