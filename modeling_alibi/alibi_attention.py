@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import AttentionInterface
-from transformers.utils import logging
-
 
 try:  # FlexAttention: CUDA only here; absent on old torch builds.
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
@@ -39,7 +37,6 @@ try:  # Our Triton ALiBi kernels; triton is absent on CPU-only builds of torch a
 except ImportError:
     alibi_flash_attention = _triton_supported = alibi_decode_attention = _decode_supported = None
 
-logger = logging.get_logger(__name__)
 
 # Query rows per SDPA call on long inputs: the materialized (b, h, rows, k) fp32 bias stays near this many bytes.
 SDPA_BIAS_BYTES = 256 * 2**20
