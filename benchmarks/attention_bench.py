@@ -24,7 +24,8 @@ from cuda_timing import median_ms  # noqa: E402
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_alibi.alibi_attention import AlibiAttentionMask, alibi_slopes, flex_attention_forward  # noqa: E402
+from modeling_alibi.alibi_attention import flex_attention_forward  # noqa: E402
+from modeling_alibi.alibi_mask import AlibiAttentionMask, alibi_slopes  # noqa: E402
 
 H, D = 8, 128
 DEVICE = "cuda"

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import torch
 
-# In a `try` block for transformers' remote-code import check; see alibi_triton.py.
+# In a `try` block for transformers' remote-code import check; see alibi_triton_forward.py.
 try:
     import triton
     import triton.language as tl
 except ImportError as error:
     raise ImportError("alibi_triton_decode needs triton, which CUDA builds of PyTorch install") from error
 
-from .alibi_triton import _allowed_span, _device_guard, _interpreting
+from .alibi_triton_forward import _allowed_span, _device_guard, _interpreting
 
 __all__ = ["alibi_decode_attention", "decode_supported"]
 

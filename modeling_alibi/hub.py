@@ -18,13 +18,21 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The remote code: save_pretrained copies modeling_alibi.py and, following its relative imports, the others.
+# tests/test_layout.py checks that this is exactly that import closure.
 PAYLOAD = (
     "configuration_alibi.py",
-    "modeling_alibi.py",
-    "alibi_attention.py",
-    "alibi_adaptive.py",
-    "alibi_triton.py",
-    "alibi_triton_decode.py",
+    "modeling_alibi.py",  # the layers and the model classes
+    "alibi_kwargs.py",  # transformers' keyword and cache contract
+    "alibi_mask.py",  # slopes, bias, and the mask object every backend reads
+    "alibi_attention.py",  # eager reference, kernels, the kernel-choice table, the registry
+    "alibi_flex.py",  # FlexAttention block masks and kernel call
+    "alibi_positions.py",  # the baselines' position encodings
+    "alibi_adaptive.py",  # adaptive input and softmax
+    "alibi_loss.py",  # the causal-LM loss in bounded memory
+    "alibi_triton.py",  # fused ALiBi flash attention: entry point and autograd
+    "alibi_triton_forward.py",
+    "alibi_triton_backward.py",
+    "alibi_triton_decode.py",  # split-K decode kernel
 )
 
 MODEL_CARD = """---

@@ -1,20 +1,19 @@
 """ALiBi causal language model (Press, Smith & Lewis, "Train Short, Test Long", ICLR 2022) for Transformers.
 
-The decoder layers and the model classes. ALiBi itself, the mask object and the attention backends live in
-alibi_attention.py; adaptive input and softmax in alibi_adaptive.py.
+The decoder layers and the model classes. What they read per call comes from alibi_mask.py (positions, padding,
+slopes: built once per forward), attention runs through alibi_attention.py's backends, the baselines' position
+encodings are in alibi_positions.py, adaptive input and softmax in alibi_adaptive.py, the loss in alibi_loss.py,
+and transformers' keyword and cache contract in alibi_kwargs.py.
 
-Hub payload: configuration_alibi.py, alibi_attention.py, alibi_adaptive.py, this file and the kernel files
-alibi_triton.py and alibi_triton_decode.py. They import only torch, transformers, the standard library, triton
+Hub payload: hub.PAYLOAD lists the files. They import only torch, transformers, the standard library, triton
 (inside `try`) and each other, so `save_pretrained` ships them as remote code unchanged.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
-from dataclasses import fields
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,116 +25,29 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.processing_utils import Unpack
 from transformers.utils import logging
 
-from .alibi_adaptive import LOG_PROB_BYTES, AlibiAdaptiveInput, AlibiAdaptiveSoftmax
+from .alibi_adaptive import AlibiAdaptiveInput, AlibiAdaptiveSoftmax
 from .alibi_attention import (
     ALIBI_BACKENDS,
-    ALL_ATTENTION_FUNCTIONS,
-    NO_BIAS_BACKENDS,
-    AlibiAttentionMask,
-    alibi_bias,
-    alibi_slopes,
-    build_attention_mask,
-    default_attn_implementation,
-    eager_attention_forward,
+    FLASH_MISSING,
+    attention_function,
     flash_attn_func,
-    flex_attention,
     prepare_block_mask,
-    tracing,
+    resolve_attn_implementation,
 )
+from .alibi_kwargs import (
+    CACHE_NAME,
+    AlibiCausalLMKwargs,
+    AlibiModelKwargs,
+    output_cache,
+    reject_unknown,
+    take_cache,
+)
+from .alibi_loss import causal_lm_loss, target_log_probs
+from .alibi_mask import AlibiAttentionMask, alibi_bias, alibi_slopes, build_attention_mask, tracing
+from .alibi_positions import add_positions, apply_rotary
 from .configuration_alibi import AlibiConfig
 
 logger = logging.get_logger(__name__)
-
-# transformers 5.24 renamed the KV-cache argument and output field from `past_key_values` to `cache`. The output
-# classes of the installed transformers say which name it uses; the model returns the cache under that name and
-# takes it under either.
-CACHE_NAME = "cache" if "cache" in {field.name for field in fields(BaseModelOutputWithPast)} else "past_key_values"
-
-
-class AlibiModelKwargs(TypedDict, total=False):
-    """Keywords `AlibiModel.forward` takes beyond its named arguments. Any other name raises a TypeError."""
-
-    past_key_values: Cache | None  # the cache under its name before transformers 5.24 (`cache` now)
-
-
-class AlibiCausalLMKwargs(AlibiModelKwargs, total=False):
-    """Keywords `AlibiForCausalLM.forward` takes beyond its named arguments: the Trainer's loss keywords."""
-
-    num_items_in_batch: torch.Tensor | int | None  # the loss is summed over the batch and divided by it
-    shift_labels: torch.Tensor | None  # targets already aligned with positions (context parallelism): no shift
-
-
-def _reject_unknown(kwargs: dict, allowed: type, owner: str) -> None:
-    """Raise on keywords the model does not understand, instead of swallowing them."""
-    unknown = set(kwargs) - (allowed.__required_keys__ | allowed.__optional_keys__)
-    if unknown:
-        raise TypeError(
-            f"{owner}.forward() got unexpected keyword arguments {sorted(unknown)}. It takes its named arguments "
-            f"and {sorted(allowed.__optional_keys__)}."
-        )
-
-
-def _take_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
-    """The cache under either name: `cache` (transformers 5.24) or `past_key_values` (before, and in old code).
-
-    Where transformers itself says `cache`, the old name warns as transformers' own models do.
-    """
-    if "past_key_values" not in kwargs:
-        return cache
-    old_name = kwargs.pop("past_key_values")
-    if cache is not None and old_name is not None:
-        raise ValueError("Pass the KV cache once, as `cache` or as `past_key_values`, not both.")
-    if CACHE_NAME == "cache" and not torch.compiler.is_compiling():
-        warnings.warn(
-            "`past_key_values` is deprecated since transformers 5.24 renamed it: pass the KV cache as `cache`.",
-            FutureWarning,
-            stacklevel=3,
-        )
-    return cache if old_name is None else old_name
-
-
-def output_cache(outputs: Any) -> Cache | None:
-    """The cache a forward returned, read under the installed transformers' name (the old one warns from 5.24 on)."""
-    return getattr(outputs, CACHE_NAME)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Position-encoding baselines (for the paper's comparisons; ALiBi needs none of these)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """fairseq/tensor2tensor sinusoids, [sin | cos] halves. Positions (b, q) -> (b, q, dim) fp32."""
-    half = dim // 2
-    frequencies = torch.exp(
-        torch.arange(half, dtype=torch.float32, device=positions.device) * -(math.log(10000.0) / max(half - 1, 1))
-    )
-    angles = positions.float()[..., None] * frequencies  # (b, q, half)
-    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-    return F.pad(embedding, (0, dim - 2 * half))  # odd dim: one zero column, as fairseq
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat([-second, first], dim=-1)
-
-
-def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary tables (Su et al., 2021) for positions (b, q) -> cos, sin of shape (b, 1, q, d) in fp32."""
-    inv_freq = theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
-    angles = positions.float()[..., None] * inv_freq  # (b, q, d/2)
-    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (b, 1, q, d)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
-
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Decoder
-# ----------------------------------------------------------------------------------------------------------
 
 
 class AlibiAttention(nn.Module):
@@ -177,12 +89,12 @@ class AlibiAttention(nn.Module):
         if output_attentions and implementation != "eager":
             logger.warning_once(f"output_attentions=True is served by eager attention instead of {implementation}.")
             implementation = "eager"
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attention = attention_function(implementation)
         mask = attention_mask
-        if attention_interface not in ALIBI_BACKENDS:  # registered from outside: a 4-D float mask carries the bias
+        if attention not in ALIBI_BACKENDS:  # registered from outside: a 4-D float mask carries the bias
             mask = attention_mask.additive().to(query.dtype)  # (b, h or 1, q, k)
         dropout = self.config.attention_dropout if self.training else 0.0
-        out, weights = attention_interface(self, query, key, value, mask, scaling=self.scaling, dropout=dropout)
+        out, weights = attention(self, query, key, value, mask, scaling=self.scaling, dropout=dropout)  # (b, q, h, d)
         out = out.reshape(b, q_len, -1)  # (b, q, h * d)
         return self.o_proj(out), weights
 
@@ -268,26 +180,12 @@ class AlibiPreTrainedModel(PreTrainedModel):
     ) -> str:
         # Our own check first: transformers would otherwise look for a hub kernel, which has no ALiBi.
         if attn_implementation == "flash_attention_2" and flash_attn_func is None:
-            raise ImportError('attn_implementation="flash_attention_2" needs flash-attn>=2.4: pip install "alibi-lm[flash]".')
+            raise ImportError(FLASH_MISSING)
         return super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, **kwargs)
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """Resolve `attn_implementation`; None picks the fastest correct backend for this machine."""
-        if requested_attention is None:
-            return default_attn_implementation()
-        if requested_attention in NO_BIAS_BACKENDS:
-            raise ValueError(
-                f"attn_implementation={requested_attention!r} cannot apply ALiBi ({NO_BIAS_BACKENDS[requested_attention]}). "
-                'Use "flash_attention_2", "flex_attention", "sdpa" or "eager".'
-            )
-        if requested_attention != "eager" and requested_attention not in ALL_ATTENTION_FUNCTIONS:
-            raise ValueError(
-                f'Specified `attn_implementation="{requested_attention}"` is not supported. Choose "eager", "sdpa", '
-                '"flex_attention" or "flash_attention_2", or register a function with AttentionInterface.register.'
-            )
-        if requested_attention == "flex_attention" and (flex_attention is None or not torch.cuda.is_available()):
-            raise ValueError('attn_implementation="flex_attention" needs CUDA; use "sdpa" on this machine.')
-        return requested_attention  # flash-attn's presence is checked first, in _check_and_adjust_attn_implementation
+        return resolve_attn_implementation(requested_attention)
 
 
 class AlibiModel(AlibiPreTrainedModel):
@@ -356,23 +254,37 @@ class AlibiModel(AlibiPreTrainedModel):
         ([`AlibiForCausalLM.prefill`] or `generate(..., prefill_chunk_size=n)`), with `attention_window` set
         for a cache of constant size too.
         """
-        cache = _take_cache(cache, kwargs)
-        _reject_unknown(kwargs, AlibiModelKwargs, type(self).__name__)
+        cache = take_cache(cache, kwargs)
+        reject_unknown(kwargs, AlibiModelKwargs, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
         cache = self._cache_for_call(cache, use_cache)
 
-        hidden_states = self._embed(input_ids, inputs_embeds)
+        hidden_states = self._embed(input_ids, inputs_embeds)  # (b, q, d_model)
+        # The one place this call's positions, padding and bias are built; every layer and backend reads `mask`.
         mask = build_attention_mask(config, attention_mask, cache, hidden_states, position_ids)
         prepare_block_mask(mask, config._attn_implementation, hidden_states, config.num_attention_heads, self.layers)
         positions = mask.query_positions if position_ids is None else position_ids.to(hidden_states.device)
-        hidden_states, rotary = self._add_positions(hidden_states, positions)
+        hidden_states, rotary = add_positions(
+            hidden_states, positions, config, self.embed_positions, check=not tracing(hidden_states.device)
+        )
         hidden_states = self.dropout(hidden_states)
+        output = self._run_layers(hidden_states, mask, rotary, cache, output_attentions, output_hidden_states)
+        return_dict = config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
 
+    def _run_layers(
+        self,
+        hidden_states: torch.Tensor,
+        mask: AlibiAttentionMask,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: Cache | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> BaseModelOutputWithPast:
         all_hidden_states, all_attentions = [], []
         for layer in self.layers:
             if output_hidden_states:
@@ -386,14 +298,12 @@ class AlibiModel(AlibiPreTrainedModel):
             hidden_states = self.project_out(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
-
-        output = BaseModelOutputWithPast(
+        return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
             **{CACHE_NAME: cache},
         )
-        return output if return_dict else output.to_tuple()
 
     def _cache_for_call(self, cache: Cache | None, use_cache: bool | None) -> Cache | None:
         """The cache this call reads and fills, or None."""
@@ -412,26 +322,6 @@ class AlibiModel(AlibiPreTrainedModel):
         if self.project_in is not None:
             hidden_states = self.project_in(hidden_states)
         return hidden_states  # (b, q, d_model)
-
-    def _add_positions(
-        self, hidden_states: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Apply the baseline position encodings; ALiBi adds nothing here (it lives in the attention scores)."""
-        encoding, rotary = self.config.position_encoding, None
-        positions = positions.clamp(min=0)  # padding has position -1; its value is masked anyway
-        if encoding == "learned":
-            # The check reads a device value: skipped inside compiled graphs and CUDA-graph capture.
-            if not tracing(positions.device) and int(positions.max()) >= self.config.max_position_embeddings:
-                raise ValueError(
-                    f"Position {int(positions.max())} is past max_position_embeddings="
-                    f"{self.config.max_position_embeddings} of this learned-position model; ALiBi has no such limit."
-                )
-            hidden_states = hidden_states + self.embed_positions(positions)
-        elif encoding == "sinusoidal":
-            hidden_states = hidden_states + sinusoidal_embedding(positions, self.config.hidden_size).to(hidden_states.dtype)
-        elif encoding == "rotary":
-            rotary = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
-        return hidden_states, rotary
 
 
 class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
@@ -494,38 +384,25 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
                 positions, used instead of shifting `labels`.
             Other arguments are those of [`AlibiModel.forward`].
         """
-        cache = _take_cache(cache, kwargs)
+        cache = take_cache(cache, kwargs)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         shift_labels = kwargs.pop("shift_labels", None)
-        _reject_unknown(kwargs, AlibiCausalLMKwargs, type(self).__name__)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        reject_unknown(kwargs, AlibiCausalLMKwargs, type(self).__name__)
         outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
         )
-        hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            kept = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
-        else:
-            kept = hidden_states[:, logits_to_keep]
-
+        hidden_states = outputs.last_hidden_state  # (b, q, d)
         wants_loss = labels is not None or shift_labels is not None
-        logits = loss = None
-        if not self.is_adaptive:
-            logits = self.lm_head(kept)
-        elif not wants_loss or not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
-            logits = self.lm_head.log_probs(kept, self.model.embed_tokens)
+        logits, full = self._logits(hidden_states, logits_to_keep, wants_loss)
+        loss = None
         if wants_loss:
-            full_logits = logits if kept is hidden_states and not self.is_adaptive else None
-            loss = self._loss(hidden_states, labels, shift_labels, full_logits, num_items_in_batch)
-
+            embeddings = self.model.embed_tokens
+            full_logits = logits if full and not self.is_adaptive else None
+            loss = causal_lm_loss(
+                self.lm_head, embeddings, hidden_states, labels, shift_labels, full_logits, num_items_in_batch
+            )
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -533,7 +410,27 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             **{CACHE_NAME: output_cache(outputs)},
         )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         return output if return_dict else output.to_tuple()
+
+    def _logits(
+        self, hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor, wants_loss: bool
+    ) -> tuple[torch.Tensor | None, bool]:
+        """The logits of the kept positions, and whether every position was kept.
+
+        An adaptive softmax returns full-vocabulary log-probabilities, and none at all when only the loss over
+        every position is wanted: the loss then scores its targets in chunks instead.
+        """
+        keeps_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
+        if isinstance(logits_to_keep, int):
+            kept = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states  # (b, n, d)
+        else:
+            kept = hidden_states[:, logits_to_keep]  # (b, n, d)
+        if not self.is_adaptive:
+            return self.lm_head(kept), keeps_all
+        if wants_loss and keeps_all:
+            return None, keeps_all
+        return self.lm_head.log_probs(kept, self.model.embed_tokens), keeps_all
 
     @torch.no_grad()
     def prefill(
@@ -559,8 +456,8 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         Returns:
             The logits of the last position (b, vocab) and the filled cache.
         """
-        cache = _take_cache(cache, kwargs)
-        _reject_unknown(kwargs, AlibiModelKwargs, "prefill")
+        cache = take_cache(cache, kwargs)
+        reject_unknown(kwargs, AlibiModelKwargs, "prefill")
         if chunk_size <= 0:
             raise ValueError(f"chunk_size={chunk_size} must be a positive number of tokens per forward pass.")
         if cache is None:
@@ -597,60 +494,12 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         graph) for a `StaticCache`. generate() passes the cache as `cache` (transformers 5.24) or
         `past_key_values` (before); its other keywords (position_ids, ...) describe the same tokens.
         """
-        cache = _take_cache(cache, kwargs)
+        cache = take_cache(cache, kwargs)
         if attention_mask is None or attention_mask.dim() != 2 or cache is None:
             return attention_mask
         kv_length, kv_offset = cache.get_mask_sizes(inputs_embeds.shape[1], 0)
         missing = kv_offset + kv_length - attention_mask.shape[1]
         return F.pad(attention_mask, (0, missing)) if missing > 0 else attention_mask
-
-    def _loss(
-        self,
-        hidden_states: torch.Tensor,
-        labels: torch.Tensor | None,
-        shift_labels: torch.Tensor | None,
-        logits: torch.Tensor | None,
-        num_items_in_batch: int | torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Next-token cross-entropy; reuses full logits when they exist, else scores targets in chunks.
-
-        Targets are `shift_labels` as given, else `labels` shifted by one, as in transformers' ForCausalLMLoss.
-        """
-        if shift_labels is None:
-            targets = labels[:, 1:]  # (b, q - 1): position t predicts t + 1
-            hidden_states = hidden_states[:, :-1]
-            logits = logits[:, :-1] if logits is not None else None
-        else:
-            targets = shift_labels  # (b, q)
-        targets = targets.to(hidden_states.device)
-        if logits is not None:
-            nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-        else:
-            nll = -self._target_log_probs(hidden_states, targets).sum()
-        count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
-        if isinstance(count, torch.Tensor):
-            count = count.to(nll.device)
-        return nll / count
-
-    def _target_log_probs(self, hidden_states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log p(targets) for hidden (b, q, d) and targets (b, q) -> (b, q) fp32; 0 where the target is -100.
-
-        Works in row chunks so that no (q, vocab) block larger than `LOG_PROB_BYTES` exists at once.
-        """
-        hidden, flat_targets = hidden_states.flatten(0, 1), targets.flatten()  # (n, d), (n,)
-        ignored = flat_targets == -100
-        flat_targets = flat_targets.masked_fill(ignored, 0)
-        width = self.lm_head.bands[0][1] + len(self.lm_head.bands) if self.is_adaptive else self.config.vocab_size
-        rows = max(1, LOG_PROB_BYTES // (4 * width))
-        chunks = []
-        for start in range(0, hidden.shape[0], rows):
-            h, t = hidden[start : start + rows], flat_targets[start : start + rows]
-            if self.is_adaptive:
-                chunks.append(self.lm_head.target_log_probs(h, t, self.model.embed_tokens))
-            else:
-                chunks.append(torch.log_softmax(self.lm_head(h).float(), dim=-1).gather(-1, t[:, None]).squeeze(-1))
-        log_probs = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)
-        return log_probs.masked_fill(ignored, 0.0).view_as(targets)
 
     def token_log_probs(
         self, input_ids: torch.LongTensor, target_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
@@ -659,15 +508,19 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
 
         This is what corpus perplexity needs: it never builds full-vocabulary logits for all positions.
         """
-        hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return self._target_log_probs(hidden_states, target_ids.to(hidden_states.device))
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden_states = outputs.last_hidden_state  # (b, q, d)
+        targets = target_ids.to(hidden_states.device)
+        return target_log_probs(self.lm_head, self.model.embed_tokens, hidden_states, targets)
 
 
 __all__ = [
+    "CACHE_NAME",
     "AlibiAttentionMask",
     "AlibiForCausalLM",
     "AlibiModel",
     "AlibiPreTrainedModel",
     "alibi_bias",
     "alibi_slopes",
+    "output_cache",
 ]

@@ -8,7 +8,9 @@ from torch.testing import assert_close
 from transformers import DynamicCache
 
 import modeling_alibi.alibi_attention as modeling
+import modeling_alibi.alibi_flex as flex_module
 from modeling_alibi import AlibiForCausalLM
+from modeling_alibi.alibi_mask import AlibiAttentionMask, alibi_slopes
 from modeling_alibi.modeling_alibi import output_cache
 
 from conftest import model_pair, tiny_config, tiny_model
@@ -133,7 +135,7 @@ def test_default_backend_is_sdpa_on_cpu_and_flex_on_cuda():
 # --- FlexAttention's block mask, built from block distance ranges ---------------------------------------------
 
 
-@pytest.mark.skipif(modeling.BlockMask is None, reason="this torch has no FlexAttention")
+@pytest.mark.skipif(flex_module.BlockMask is None, reason="this torch has no FlexAttention")
 @pytest.mark.parametrize("truncation", [None, 20.0], ids=["full", "truncated"])
 @pytest.mark.parametrize("window", [None, 200], ids=["unwindowed", "window200"])
 @pytest.mark.parametrize("q_len,k_len", [(1, 300), (100, 300), (256, 520), (300, 300), (1000, 1000), (130, 1000)])
@@ -142,15 +144,15 @@ def test_unpadded_block_mask_equals_create_block_mask(q_len, k_len, window, trun
     from torch.nn.attention.flex_attention import create_block_mask
 
     offset = k_len - q_len
-    max_distance = None if truncation is None else truncation / modeling.alibi_slopes(4)
-    mask = modeling.AlibiAttentionMask(
+    max_distance = None if truncation is None else truncation / alibi_slopes(4)
+    mask = AlibiAttentionMask(
         query_positions=torch.arange(offset, k_len)[None], key_positions=torch.arange(k_len)[None],
         key_padding=None, slopes=None, window=window, max_distance=max_distance,
     )
-    mask_mod = modeling._flex_mask_mod(mask, offset)
+    mask_mod = flex_module._flex_mask_mod(mask, offset)
     heads = None if max_distance is None else 4
     expected = create_block_mask(mask_mod, 1, heads, q_len, k_len, device="cpu")
-    actual = modeling._unpadded_block_mask(mask_mod, q_len, k_len, offset, window, max_distance, torch.device("cpu"))
+    actual = flex_module._unpadded_block_mask(mask_mod, q_len, k_len, offset, window, max_distance, torch.device("cpu"))
     for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks"):
         want, got = getattr(expected, name), getattr(actual, name)
         if name.endswith("indices"):  # only the first `count` entries of a row are meaningful
@@ -197,11 +199,12 @@ def forced_flex(monkeypatch) -> dict:
         mask.block_mask = "block mask"
         return mask.block_mask
 
-    monkeypatch.setattr(modeling, "_uses_flex", lambda device, q_len: q_len >= modeling.FLEX_MIN_QUERY_LEN)
+    monkeypatch.setattr(modeling, "_flex_device", lambda device: True)  # flex on CPU: the stand-ins run
     monkeypatch.setattr(modeling, "alibi_flash_attention", kernel)
     monkeypatch.setattr(modeling, "_triton_supported", lambda query: True)
-    monkeypatch.setattr(modeling, "_compiled_flex_alibi", flex)
-    monkeypatch.setattr(modeling, "_flex_block_mask", block_mask)
+    monkeypatch.setattr(flex_module, "_compiled_flex_alibi", flex)
+    monkeypatch.setattr(modeling, "flex_block_mask", block_mask)  # before the layers
+    monkeypatch.setattr(flex_module, "flex_block_mask", block_mask)  # inside the flex kernel call
     return calls
 
 
@@ -267,9 +270,9 @@ def test_windowed_calls_stay_on_flex_and_offsets_pass_through(forced_flex):
     key = torch.randn(1, 4, 80, 8, dtype=torch.float16)
 
     def attend(window, offset):
-        mask = modeling.AlibiAttentionMask(
+        mask = AlibiAttentionMask(
             query_positions=torch.arange(64)[None] + offset, key_positions=torch.arange(80)[None],
-            key_padding=None, slopes=modeling.alibi_slopes(4), window=window, offset=offset,
+            key_padding=None, slopes=alibi_slopes(4), window=window, offset=offset,
         )
         modeling.flex_attention_forward(None, query, key, key, mask, scaling=0.125)
 
@@ -281,9 +284,9 @@ def test_windowed_calls_stay_on_flex_and_offsets_pass_through(forced_flex):
 def test_leaf_tensors_that_require_grad_take_triton_under_no_grad(forced_flex):
     """Under no_grad nothing records a graph, whatever the inputs' requires_grad says."""
     query = torch.randn(1, 4, 64, 8, dtype=torch.float16, requires_grad=True)
-    mask = modeling.AlibiAttentionMask(
+    mask = AlibiAttentionMask(
         query_positions=torch.arange(64)[None], key_positions=torch.arange(64)[None], key_padding=None,
-        slopes=modeling.alibi_slopes(4), offset=0,
+        slopes=alibi_slopes(4), offset=0,
     )
     modeling.flex_attention_forward(None, query, query, query, mask, scaling=0.125)
     assert forced_flex["flex"] == 1 and forced_flex["triton"] == []
@@ -301,7 +304,7 @@ import torch
 import modeling_alibi.alibi_attention as modeling
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 
-modeling._uses_flex = lambda device, q_len: q_len >= modeling.FLEX_MIN_QUERY_LEN
+modeling._flex_device = lambda device: True
 modeling._triton_supported = lambda query: True
 kernel, offsets = modeling.alibi_flash_attention, []
 def recorded(*args, **kwargs):

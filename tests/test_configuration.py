@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
-from modeling_alibi.alibi_attention import AlibiAttentionMask, flex_attention_forward
+from modeling_alibi.alibi_attention import flex_attention_forward
+from modeling_alibi.alibi_mask import AlibiAttentionMask
 
 from conftest import tiny_config
 
