@@ -408,12 +408,6 @@ NO_BIAS_BACKENDS = {
 }
 
 
-def attention_function(implementation: str) -> Callable:
-    """The backend registered under `implementation`: ours, or one registered with transformers'
-    AttentionInterface (which then receives the additive mask; see ALIBI_BACKENDS)."""
-    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-
-
 def default_attn_implementation() -> str:
     """The fastest correct backend for this machine: FlexAttention on CUDA, else SDPA."""
     if flex_attention is not None and torch.cuda.is_available():

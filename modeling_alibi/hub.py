@@ -29,6 +29,7 @@ PAYLOAD = (
     "alibi_positions.py",  # the baselines' position encodings
     "alibi_adaptive.py",  # adaptive input and softmax
     "alibi_loss.py",  # the causal-LM loss in bounded memory
+    "alibi_generation.py",  # chunked prefill and generate's mask hook
     "alibi_triton.py",  # fused ALiBi flash attention: entry point and autograd
     "alibi_triton_forward.py",
     "alibi_triton_backward.py",

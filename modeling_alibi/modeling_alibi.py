@@ -3,7 +3,8 @@
 The decoder layers and the model classes. What they read per call comes from alibi_mask.py (positions, padding,
 slopes: built once per forward), attention runs through alibi_attention.py's backends, the baselines' position
 encodings are in alibi_positions.py, adaptive input and softmax in alibi_adaptive.py, the loss in alibi_loss.py,
-and transformers' keyword and cache contract in alibi_kwargs.py.
+chunked prefill and generate's mask hook in alibi_generation.py, and transformers' keyword and cache contract in
+alibi_kwargs.py.
 
 Hub payload: hub.PAYLOAD lists the files. They import only torch, transformers, the standard library, triton
 (inside `try`) and each other, so `save_pretrained` ships them as remote code unchanged.
@@ -28,12 +29,14 @@ from transformers.utils import logging
 from .alibi_adaptive import AlibiAdaptiveInput, AlibiAdaptiveSoftmax
 from .alibi_attention import (
     ALIBI_BACKENDS,
+    ALL_ATTENTION_FUNCTIONS,
     FLASH_MISSING,
-    attention_function,
+    eager_attention_forward,
     flash_attn_func,
     prepare_block_mask,
     resolve_attn_implementation,
 )
+from .alibi_generation import AlibiGenerationMixin
 from .alibi_kwargs import (
     CACHE_NAME,
     AlibiCausalLMKwargs,
@@ -89,7 +92,8 @@ class AlibiAttention(nn.Module):
         if output_attentions and implementation != "eager":
             logger.warning_once(f"output_attentions=True is served by eager attention instead of {implementation}.")
             implementation = "eager"
-        attention = attention_function(implementation)
+        # Spelled as in transformers' models: `set_attn_implementation` looks for this call in the source.
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         mask = attention_mask
         if attention not in ALIBI_BACKENDS:  # registered from outside: a 4-D float mask carries the bias
             mask = attention_mask.additive().to(query.dtype)  # (b, h or 1, q, k)
@@ -324,7 +328,7 @@ class AlibiModel(AlibiPreTrainedModel):
         return hidden_states  # (b, q, d_model)
 
 
-class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
+class AlibiForCausalLM(AlibiPreTrainedModel, AlibiGenerationMixin, GenerationMixin):
     """ALiBi decoder with a language-model head: a plain (optionally tied) softmax or an adaptive softmax."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -431,75 +435,6 @@ class AlibiForCausalLM(AlibiPreTrainedModel, GenerationMixin):
         if wants_loss and keeps_all:
             return None, keeps_all
         return self.lm_head.log_probs(kept, self.model.embed_tokens), keeps_all
-
-    @torch.no_grad()
-    def prefill(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        chunk_size: int = 512,
-        cache: Cache | None = None,
-        **kwargs: Unpack[AlibiModelKwargs],
-    ) -> tuple[torch.Tensor, Cache]:
-        """Feed a prompt through the model `chunk_size` tokens at a time, filling the cache.
-
-        Peak activation memory depends on `chunk_size`, not on the prompt length; with `config.attention_window`
-        the cache stays bounded too. The result equals one forward over the whole prompt. Inference only (no
-        gradients). `generate` does the same when given `prefill_chunk_size=n`.
-
-        Args:
-            input_ids: The new tokens (b, q).
-            attention_mask: 0/1 mask (b, cached + q) over the cached and the new tokens; None means no padding.
-            chunk_size: Tokens per forward pass.
-            cache: A cache to extend (`past_key_values=` is taken too); None starts `DynamicCache(config=config)`.
-
-        Returns:
-            The logits of the last position (b, vocab) and the filled cache.
-        """
-        cache = take_cache(cache, kwargs)
-        reject_unknown(kwargs, AlibiModelKwargs, "prefill")
-        if chunk_size <= 0:
-            raise ValueError(f"chunk_size={chunk_size} must be a positive number of tokens per forward pass.")
-        if cache is None:
-            cache = DynamicCache(config=self.config)
-        q_len = input_ids.shape[1]
-        # Without a mask the chunks go in unmasked: positions are indices, the fast path of every backend.
-        past = int(cache.get_seq_length()) if attention_mask is not None else 0
-        logits = None
-        for start in range(0, q_len, chunk_size):
-            end = min(start + chunk_size, q_len)
-            logits = self(
-                input_ids[:, start:end],
-                attention_mask=None if attention_mask is None else attention_mask[:, : past + end],
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits
-        if logits is None:
-            raise ValueError("prefill needs at least one new token in input_ids.")
-        return logits[:, -1], cache
-
-    def create_masks_for_generate(
-        self,
-        config: AlibiConfig,
-        inputs_embeds: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        cache: Cache | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor | None:
-        """Keep generate()'s 2-D mask for compileable (static) caches instead of its default 4-D causal mask.
-
-        ALiBi positions come from the cumulative 2-D mask, so a 4-D mask would lose them. The mask is padded with
-        zeros to the span of keys the cache returns, which keeps its shape fixed from step to step (one compiled
-        graph) for a `StaticCache`. generate() passes the cache as `cache` (transformers 5.24) or
-        `past_key_values` (before); its other keywords (position_ids, ...) describe the same tokens.
-        """
-        cache = take_cache(cache, kwargs)
-        if attention_mask is None or attention_mask.dim() != 2 or cache is None:
-            return attention_mask
-        kv_length, kv_offset = cache.get_mask_sizes(inputs_embeds.shape[1], 0)
-        missing = kv_offset + kv_length - attention_mask.shape[1]
-        return F.pad(attention_mask, (0, missing)) if missing > 0 else attention_mask
 
     def token_log_probs(
         self, input_ids: torch.LongTensor, target_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
