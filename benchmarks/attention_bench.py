@@ -150,7 +150,8 @@ def main() -> None:
         base = ceiling.get((r["L"], r["backward"]))
         r["vs_flash"] = round(base / r["ms"], 3) if base and r["ms"] else None
     with open(os.path.join(args.out, "attention_bench.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, accuracy=checks, rows=rows), f, indent=1)
+        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, accuracy=checks, rows=rows), f,
+                  indent=1)
     print(f"\n{'case':24s} {'pass':8s} {'L':>6s} {'ms':>8s} {'TFLOP/s':>8s} {'x flash':>8s} {'extra MiB':>10s}")
     for r in rows:
         print(f"{r['case']:24s} {'fwd+bwd' if r['backward'] else 'fwd':8s} {r['L']:6d} {r['ms']!s:>8} "

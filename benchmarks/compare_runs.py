@@ -176,7 +176,7 @@ def report(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     header = args.runs.read_text().splitlines()[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"))) for line in args.runs.read_text().splitlines()[1:] if line]
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in args.runs.read_text().splitlines()[1:] if line]
     runs = {row["name"]: summarize(row) for row in rows}
     reference = runs.get(args.reference)
     comparisons: dict = {}

@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import modeling_alibi.alibi_triton_decode as decode  # noqa: E402
 from cuda_timing import median_ms  # noqa: E402
+
+import modeling_alibi.alibi_triton_decode as decode  # noqa: E402
 from modeling_alibi.alibi_attention import AlibiAttentionMask, alibi_slopes, eager_attention_forward  # noqa: E402
 
 GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4))
@@ -64,6 +65,32 @@ def case(context: int) -> dict:
     return dict(q=q, k=k, v=v, mask=attention_mask, slots=slots)
 
 
+def context_rows(context: int, bandwidth: float) -> list[dict]:
+    """The rows of one context: the matmul fallback, the kernel at each grid setting, the floor."""
+    rows = []
+    c = case(context)
+    m = c["mask"]
+    floor_ms = 2 * c["k"].numel() * 2 / bandwidth / 1e6
+
+    def kernel():
+        return decode.alibi_decode_attention(c["q"], c["k"], c["v"], m.slopes, HEAD_DIM**-0.5, m.query_positions,
+                                             m.key_positions, key_padding=m.key_padding)
+
+    reference = eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5)[0].transpose(1, 2)
+    fallback_ms = graphed_ms(lambda: eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5))
+    rows.append(dict(context=context, path="matmul fallback", ms=round(fallback_ms, 4),
+                     floor_ratio=round(floor_ms / fallback_ms, 3)))
+    for per_sm, block_n, stages in itertools.product(*GRID.values()):
+        decode.PROGRAMS_PER_SM, decode.BLOCK_N, decode.NUM_STAGES = per_sm, block_n, stages
+        error = (kernel().float() - reference.float()).abs().max().item()
+        ms = graphed_ms(kernel)
+        rows.append(dict(context=context, path="triton", programs_per_sm=per_sm, block_n=block_n,
+                         num_stages=stages, ms=round(ms, 4), floor_ratio=round(floor_ms / ms, 3),
+                         max_error=error))
+    rows.append(dict(context=context, path="floor (K+V bytes / copy bandwidth)", ms=round(floor_ms, 4)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="2048,65536")
@@ -74,26 +101,7 @@ def main() -> None:
     bandwidth = copy_gb_s()
     rows = []
     for context in (int(c) for c in args.contexts.split(",")):
-        c = case(context)
-        m = c["mask"]
-        floor_ms = 2 * c["k"].numel() * 2 / bandwidth / 1e6
-
-        def kernel():
-            return decode.alibi_decode_attention(c["q"], c["k"], c["v"], m.slopes, HEAD_DIM**-0.5, m.query_positions,
-                                                 m.key_positions, key_padding=m.key_padding)
-
-        reference = eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5)[0].transpose(1, 2)
-        fallback_ms = graphed_ms(lambda: eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5))
-        rows.append(dict(context=context, path="matmul fallback", ms=round(fallback_ms, 4),
-                         floor_ratio=round(floor_ms / fallback_ms, 3)))
-        for per_sm, block_n, stages in itertools.product(*GRID.values()):
-            decode.PROGRAMS_PER_SM, decode.BLOCK_N, decode.NUM_STAGES = per_sm, block_n, stages
-            error = (kernel().float() - reference.float()).abs().max().item()
-            ms = graphed_ms(kernel)
-            rows.append(dict(context=context, path="triton", programs_per_sm=per_sm, block_n=block_n,
-                             num_stages=stages, ms=round(ms, 4), floor_ratio=round(floor_ms / ms, 3),
-                             max_error=error))
-        rows.append(dict(context=context, path="floor (K+V bytes / copy bandwidth)", ms=round(floor_ms, 4)))
+        rows += context_rows(context, bandwidth)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bandwidth:.0f} GB/s")
     print(f"{'context':>8} {'path':<36} {'ms':>8} {'floor/time':>10} {'max err':>9}")
     for r in rows:

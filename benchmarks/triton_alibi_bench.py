@@ -79,7 +79,7 @@ def max_diffs(kernels: dict, batch: int, length: int) -> dict[str, float] | None
         return None
     theirs = forward_backward(kernels["flex_alibi"], q, k, v, grad_out)
     names = ("out", "dq", "dk", "dv")
-    return {name: (a.float() - b.float()).abs().max().item() for name, a, b in zip(names, ours, theirs)}
+    return {name: (a.float() - b.float()).abs().max().item() for name, a, b in zip(names, ours, theirs, strict=True)}
 
 
 def run_case(name: str, fn, batch: int, length: int, backward: bool) -> dict:
