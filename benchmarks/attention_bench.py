@@ -3,9 +3,9 @@
 Method and sizes follow shared/research/anchor-bench/attn_bench.py so ratios are comparable: bf16, 8 heads,
 head dim 128, B * L = 16,384 tokens, CUDA-event medians after warm-up, causal FLOPs (x3.5 for fwd+bwd).
 
-    python benchmarks/attention_bench.py [--lengths 1024,4096,16384] [--out DIR]
+Prints a table and writes attention_bench.json to --out (default $OUT or .). On the GPU machine:
 
-Prints a table and writes attention_bench.json to --out (default $OUT or .).
+    HF_HUB_OFFLINE=1 python3 benchmarks/attention_bench.py [--lengths 1024,4096,16384] [--out DIR]
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ REPEAT calls (so no Python launch time is counted, as in `graph_generate`):
   * the kernel for each launch setting in the grid (programs per SM, keys per tile, pipeline stages);
   * the model's matmul fallback (`eager_attention_forward`: two batched GEMVs around an fp32 softmax);
   * the floor: the cache's key and value bytes over the device-to-device copy bandwidth measured here.
-It prints one table and writes decode_kernel_bench.json to --out.
+It prints one table and writes decode_kernel_bench.json to --out (default $OUT or .). On the GPU machine:
 
-    python benchmarks/decode_kernel_bench.py [--contexts 2048,65536] [--out DIR]
+    HF_HUB_OFFLINE=1 python3 benchmarks/decode_kernel_bench.py [--contexts 2048,65536] [--out DIR]
 """
 
 from __future__ import annotations

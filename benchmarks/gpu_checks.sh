@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU call: the gpu-marked tests, backend parity at 8K, and the attention and decode kernel benchmarks.
-# Results in $OUT.
+# One GPU call: the gpu-marked tests, backend parity at 8K, and the attention, Triton and decode kernel benchmarks.
+# Each prints its own table; logs and JSON in $OUT. On the GPU machine:
 #   bash benchmarks/gpu_checks.sh
 set -uo pipefail
 for dir in .whl .cache/whl; do

@@ -40,7 +40,7 @@ so a cut-off run still leaves its results. If the extras were skipped, a second 
     python benchmarks/model_bench.py --device cpu --quick             # tiny sizes, CPU smoke run (~25 s)
 
 On the device machine (torch and transformers from the image; nothing to install):
-    HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 timeout 590 python3 benchmarks/model_bench.py 2>&1 \
+    HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 timeout 590 python3 benchmarks/model_bench.py 2>&1 \\
         | grep -v -i warn | tail -n 90
 """
 

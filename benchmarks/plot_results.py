@@ -1,4 +1,7 @@
-"""Plots for docs/benchmarks.md from the JSON the GPU benchmarks write.
+"""Plots for docs/benchmarks.md from the JSON the GPU benchmarks write: kernel TFLOP/s and prompt memory.
+
+It measures nothing itself and needs no GPU; it prints the files it wrote (no table: the tables are the
+benchmarks' own). After triton_alibi_bench.py and model_bench.py:
 
     python benchmarks/plot_results.py --results docs/results/perf --out docs/results/perf
 

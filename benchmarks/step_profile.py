@@ -12,8 +12,11 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time and top kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward).
 
-    python benchmarks/step_profile.py [--parts train,decode,graph] [--variants default,...] [--out DIR]
-                                                                    # writes DIR/step_profile.json
+Prints each row (and its top kernels) as it is measured and writes DIR/step_profile.json after each part. On
+the GPU machine:
+
+    HF_HUB_OFFLINE=1 python3 benchmarks/step_profile.py [--parts train,decode,graph] [--variants default,...] \\
+        [--out DIR]
 """
 
 from __future__ import annotations
