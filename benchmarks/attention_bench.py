@@ -3,9 +3,9 @@
 Method and sizes follow shared/research/anchor-bench/attn_bench.py so ratios are comparable: bf16, 8 heads,
 head dim 128, B * L = 16,384 tokens, CUDA-event medians after warm-up, causal FLOPs (x3.5 for fwd+bwd).
 
-    python benchmarks/attention_bench.py [--lengths 1024,4096,16384] [--out DIR]
+Prints a table and writes attention_bench.json to --out (default $OUT or .). On the GPU machine:
 
-Prints a table and writes attention_bench.json to --out (default $OUT or .).
+    HF_HUB_OFFLINE=1 python3 benchmarks/attention_bench.py [--lengths 1024,4096,16384] [--out DIR]
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ def main() -> None:
         base = ceiling.get((r["L"], r["backward"]))
         r["vs_flash"] = round(base / r["ms"], 3) if base and r["ms"] else None
     with open(os.path.join(args.out, "attention_bench.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, accuracy=checks, rows=rows), f, indent=1)
+        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, accuracy=checks, rows=rows), f,
+                  indent=1)
     print(f"\n{'case':24s} {'pass':8s} {'L':>6s} {'ms':>8s} {'TFLOP/s':>8s} {'x flash':>8s} {'extra MiB':>10s}")
     for r in rows:
         print(f"{r['case']:24s} {'fwd+bwd' if r['backward'] else 'fwd':8s} {r['L']:6d} {r['ms']!s:>8} "

@@ -2,9 +2,10 @@
 
 Builds one random-weight model (4 layers, d 512, 8 heads, or 6 heads for the interleaved slopes), runs each
 backend on the same 8,192-token input, and reports max / mean absolute log-probability differences against eager
-in fp32 (the reference) and against eager in the same dtype. Prints a table, writes backend_parity.json.
+in fp32 (the reference) and against eager in the same dtype. Prints a table, writes $OUT/backend_parity.json
+(OUT defaults to .). On the GPU machine:
 
-    python benchmarks/backend_parity.py [--length 8192]
+    HF_HUB_OFFLINE=1 python3 benchmarks/backend_parity.py [--length 8192]
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Helper of benchmarks/multi_gpu.sh: build the shared data cache once, then compare the runs' metrics.
+"""Compares the training runs of benchmarks/multi_gpu.sh (loss curves, eval loss, tokens/s) with the 1-GPU run.
+
+multi_gpu.sh calls it to build the runs' shared data cache once (`prepare`), then to compare the runs' metrics
+and print one table (`report`); on the GPU machine run `bash benchmarks/multi_gpu.sh`, not this. Its commands:
 
     python3 benchmarks/compare_runs.py prepare --config PRESET.yaml --train_files ... --cache_dir DIR [train flags]
     python3 benchmarks/compare_runs.py report --runs RUNS.tsv --out multi_gpu.json [--reference 1gpu]
-    ACCELERATE_USE_CPU=true accelerate launch --config_file configuration/accelerate/fsdp.yaml --num_processes 2 \
+    ACCELERATE_USE_CPU=true accelerate launch --config_file configuration/accelerate/fsdp.yaml --num_processes 2 \\
         benchmarks/compare_runs.py train-fsdp-cpu [train flags]
 
 `prepare` trains (or loads) the tokenizer and packs the blocks exactly as `alibi-lm train` does with the same
@@ -176,7 +179,7 @@ def report(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     header = args.runs.read_text().splitlines()[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"))) for line in args.runs.read_text().splitlines()[1:] if line]
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in args.runs.read_text().splitlines()[1:] if line]
     runs = {row["name"]: summarize(row) for row in rows}
     reference = runs.get(args.reference)
     comparisons: dict = {}

@@ -1,7 +1,17 @@
-"""The anchors' kernel timing (shared/research/anchor-bench/attn_bench.py), shared by the kernel benchmarks."""
+"""The benchmarks' timers: the median time of repeated calls, after 3 warm-up calls.
+
+`median_ms` is the anchors' kernel timing (shared/research/anchor-bench/attn_bench.py), used by the kernel
+benchmarks (attention_bench.py, triton_alibi_bench.py, decode_kernel_bench.py). `median_s` is model_bench.py's
+timer for the device rates (harness.py): CUDA events on a GPU, wall time on the CPU. Not a script; it measures
+nothing by itself and prints nothing. It runs inside those scripts, e.g. on the GPU machine:
+
+    HF_HUB_OFFLINE=1 python3 benchmarks/attention_bench.py --lengths 1024,4096
+"""
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -21,3 +31,23 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def median_s(fn: Callable[[], object], reps: int, cuda: bool) -> float:
+    """Median seconds of `reps` calls after 3 warm-up calls: CUDA events if `cuda`, else wall time."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -6,9 +6,9 @@ REPEAT calls (so no Python launch time is counted, as in `graph_generate`):
   * the kernel for each launch setting in the grid (programs per SM, keys per tile, pipeline stages);
   * the model's matmul fallback (`eager_attention_forward`: two batched GEMVs around an fp32 softmax);
   * the floor: the cache's key and value bytes over the device-to-device copy bandwidth measured here.
-It prints one table and writes decode_kernel_bench.json to --out.
+It prints one table and writes decode_kernel_bench.json to --out (default $OUT or .). On the GPU machine:
 
-    python benchmarks/decode_kernel_bench.py [--contexts 2048,65536] [--out DIR]
+    HF_HUB_OFFLINE=1 python3 benchmarks/decode_kernel_bench.py [--contexts 2048,65536] [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import modeling_alibi.alibi_triton_decode as decode  # noqa: E402
 from cuda_timing import median_ms  # noqa: E402
+
+import modeling_alibi.alibi_triton_decode as decode  # noqa: E402
 from modeling_alibi.alibi_attention import eager_attention_forward  # noqa: E402
 from modeling_alibi.alibi_mask import AlibiAttentionMask, alibi_slopes  # noqa: E402
 
@@ -65,6 +66,32 @@ def case(context: int) -> dict:
     return dict(q=q, k=k, v=v, mask=attention_mask, slots=slots)
 
 
+def context_rows(context: int, bandwidth: float) -> list[dict]:
+    """The rows of one context: the matmul fallback, the kernel at each grid setting, the floor."""
+    rows = []
+    c = case(context)
+    m = c["mask"]
+    floor_ms = 2 * c["k"].numel() * 2 / bandwidth / 1e6
+
+    def kernel():
+        return decode.alibi_decode_attention(c["q"], c["k"], c["v"], m.slopes, HEAD_DIM**-0.5, m.query_positions,
+                                             m.key_positions, key_padding=m.key_padding)
+
+    reference = eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5)[0].transpose(1, 2)
+    fallback_ms = graphed_ms(lambda: eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5))
+    rows.append(dict(context=context, path="matmul fallback", ms=round(fallback_ms, 4),
+                     floor_ratio=round(floor_ms / fallback_ms, 3)))
+    for per_sm, block_n, stages in itertools.product(*GRID.values()):
+        decode.PROGRAMS_PER_SM, decode.BLOCK_N, decode.NUM_STAGES = per_sm, block_n, stages
+        error = (kernel().float() - reference.float()).abs().max().item()
+        ms = graphed_ms(kernel)
+        rows.append(dict(context=context, path="triton", programs_per_sm=per_sm, block_n=block_n,
+                         num_stages=stages, ms=round(ms, 4), floor_ratio=round(floor_ms / ms, 3),
+                         max_error=error))
+    rows.append(dict(context=context, path="floor (K+V bytes / copy bandwidth)", ms=round(floor_ms, 4)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="2048,65536")
@@ -75,26 +102,7 @@ def main() -> None:
     bandwidth = copy_gb_s()
     rows = []
     for context in (int(c) for c in args.contexts.split(",")):
-        c = case(context)
-        m = c["mask"]
-        floor_ms = 2 * c["k"].numel() * 2 / bandwidth / 1e6
-
-        def kernel():
-            return decode.alibi_decode_attention(c["q"], c["k"], c["v"], m.slopes, HEAD_DIM**-0.5, m.query_positions,
-                                                 m.key_positions, key_padding=m.key_padding)
-
-        reference = eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5)[0].transpose(1, 2)
-        fallback_ms = graphed_ms(lambda: eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5))
-        rows.append(dict(context=context, path="matmul fallback", ms=round(fallback_ms, 4),
-                         floor_ratio=round(floor_ms / fallback_ms, 3)))
-        for per_sm, block_n, stages in itertools.product(*GRID.values()):
-            decode.PROGRAMS_PER_SM, decode.BLOCK_N, decode.NUM_STAGES = per_sm, block_n, stages
-            error = (kernel().float() - reference.float()).abs().max().item()
-            ms = graphed_ms(kernel)
-            rows.append(dict(context=context, path="triton", programs_per_sm=per_sm, block_n=block_n,
-                             num_stages=stages, ms=round(ms, 4), floor_ratio=round(floor_ms / ms, 3),
-                             max_error=error))
-        rows.append(dict(context=context, path="floor (K+V bytes / copy bandwidth)", ms=round(floor_ms, 4)))
+        rows += context_rows(context, bandwidth)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bandwidth:.0f} GB/s")
     print(f"{'context':>8} {'path':<36} {'ms':>8} {'floor/time':>10} {'max err':>9}")
     for r in rows:

@@ -1,11 +1,13 @@
-"""Does FlexAttention recompile when every call brings new score_mod/mask_mod closures and a new length?
+"""FlexAttention's compilations and call times when every call brings new score_mod/mask_mod closures and lengths.
 
-Two patterns, each called over a sequence of lengths (repeats included), bf16, 8 heads, head dim 128:
+Does flex recompile then? Two patterns, each called over a sequence of lengths (repeats included), bf16, 8 heads,
+head dim 128:
   per_call_closure : torch.compile(flex_attention) called with closures made per call (transformers' pattern)
   compiled_wrapper : a compiled function that takes tensors and defines the closures inside the trace
-Counts Dynamo compilations and times each call (after the first of its length). Writes flex_compile_probe.json.
+Counts Dynamo compilations and times each call (after the first of its length). Prints a table and writes
+$OUT/flex_compile_probe.json (OUT defaults to .). On the GPU machine:
 
-    python benchmarks/flex_compile_probe.py
+    HF_HUB_OFFLINE=1 python3 benchmarks/flex_compile_probe.py
 """
 
 from __future__ import annotations

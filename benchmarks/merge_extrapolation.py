@@ -1,6 +1,10 @@
-"""Merge extrapolation.json files from separate runs into one report (table, CSV, JSON, PNG).
+"""Perplexity against evaluation length of separately trained models, merged into one report.
 
-    python benchmarks/merge_extrapolation.py docs/results/extrapolation/{alibi,sinusoidal}/extrapolation.json \
+Reads the extrapolation.json of each run (extrapolation_gpu.sh writes one per position encoding), prints one
+markdown table and writes the merged report (table, CSV, JSON, PNG) to --output. It measures nothing itself and
+needs no GPU; after the runs of extrapolation_gpu.sh:
+
+    python benchmarks/merge_extrapolation.py docs/results/extrapolation/{alibi,sinusoidal}/extrapolation.json \\
         --output docs/results/extrapolation --caption "..."
 """
 

@@ -103,7 +103,8 @@ run ddp     configuration/accelerate/multi_gpu_ddp.yaml     2      "$half"  "$ha
 run ddp_b64 configuration/accelerate/multi_gpu_ddp.yaml     2      "$batch" "$half"
 run fsdp    configuration/accelerate/fsdp.yaml              2      "$half"  "$half"  # last: the least tried
 
-meta=$(python3 -c 'import json, sys; a = sys.argv[1:]; print(json.dumps({k: int(v) if v.isdigit() else v for k, v in zip(a[::2], a[1::2])}))' \
+meta=$(python3 -c 'import json, sys; a = sys.argv[1:]
+print(json.dumps({k: int(v) if v.isdigit() else v for k, v in zip(a[::2], a[1::2])}))' \
   mode "${dry:-gpu}" preset "$preset" steps "$steps" warmup_steps "$warmup" log_every "$log_every" \
   eval_batches "$eval_batches" eval_blocks "$((eval_batches * batch))" mixed_precision "$precision" dropout 0 \
   seed 0 train_files "${train_files[*]}" validation_files "$data/valid.txt.xz" \

@@ -1,4 +1,7 @@
-"""Plots for docs/benchmarks.md from the JSON the GPU benchmarks write.
+"""Plots for docs/benchmarks.md from the JSON the GPU benchmarks write: kernel TFLOP/s and prompt memory.
+
+It measures nothing itself and needs no GPU; it prints the files it wrote (no table: the tables are the
+benchmarks' own). After triton_alibi_bench.py and model_bench.py:
 
     python benchmarks/plot_results.py --results docs/results/perf --out docs/results/perf
 
@@ -29,7 +32,7 @@ KERNEL_LABELS = {"sdpa_flash_nobias": "SDPA flash, no bias (ceiling)", "triton_a
 
 def attention_figure(bench: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, backward in zip(axes, (False, True)):
+    for ax, backward in zip(axes, (False, True), strict=True):
         for case, label in KERNEL_LABELS.items():
             rows = sorted((r for r in bench["rows"] if r["case"] == case and r["bwd"] == backward),
                           key=lambda r: r["L"])
@@ -52,7 +55,8 @@ def memory_figure(bench: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series = [("ours, full cache", prompt["ours_full"]), (f"ours, window {prompt['window']}", prompt["ours_window"])]
     for name in ("bloom", "mpt"):
-        series.append((f"{name.upper()} (transformers, one forward)", [r for r in prompt["peers"] if r["model"] == name]))
+        peer_rows = [r for r in prompt["peers"] if r["model"] == name]
+        series.append((f"{name.upper()} (transformers, one forward)", peer_rows))
     for label, rows in series:
         ok = [r for r in rows if r.get("status") == "ok" and r.get("peak_bytes")]
         line = ax.plot([r["length"] for r in ok], [r["peak_bytes"] / GiB for r in ok], marker="o", label=label)

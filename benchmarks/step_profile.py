@@ -12,8 +12,11 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time and top kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward).
 
-    python benchmarks/step_profile.py [--parts train,decode,graph] [--variants default,...] [--out DIR]
-                                                                    # writes DIR/step_profile.json
+Prints each row (and its top kernels) as it is measured and writes DIR/step_profile.json after each part. On
+the GPU machine:
+
+    HF_HUB_OFFLINE=1 python3 benchmarks/step_profile.py [--parts train,decode,graph] [--variants default,...] \\
+        [--out DIR]
 """
 
 from __future__ import annotations
@@ -76,44 +79,45 @@ def train_part(result: dict) -> None:
     x = torch.randint(3, 32000, (16, 512), device="cuda")
     modes = {"eager": None, "compiled": "default", "compiled reduce-overhead": "reduce-overhead"}
     for label, mode in modes.items():
-        model = build().train()
-        run = torch.compile(model, mode=mode) if mode else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        train_row(result, x, label, mode)  # the model and its optimizer are freed on return
+        torch.cuda.empty_cache()
 
-        def step():
-            run(input_ids=x, labels=x).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
 
-        row = dict(model=label)
-        if label == "compiled":
-            explained = torch._dynamo.explain(model)(input_ids=x, labels=x)
-            row.update(graphs=explained.graph_count, graph_breaks=explained.graph_break_count,
-                       break_reasons=[str(r.reason)[:200] for r in explained.break_reasons][:8])
-            torch._dynamo.reset()
-            run = torch.compile(model)
-        try:
-            for _ in range(3):
-                step()
-        except Exception as error:  # noqa: BLE001 - a diagnostic: record the failure and go on
-            result.setdefault("train", []).append(dict(model=label, error=repr(error)[:400]))
-            print(f"train {label}: failed {error!r:.400}", flush=True)
-            del model, run, opt
-            torch.cuda.empty_cache()
-            continue
+def train_row(result: dict, x: torch.Tensor, label: str, mode: str | None) -> None:
+    model = build().train()
+    run = torch.compile(model, mode=mode) if mode else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        run(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    row = dict(model=label)
+    if label == "compiled":
+        explained = torch._dynamo.explain(model)(input_ids=x, labels=x)
+        row.update(graphs=explained.graph_count, graph_breaks=explained.graph_break_count,
+                   break_reasons=[str(r.reason)[:200] for r in explained.break_reasons][:8])
+        torch._dynamo.reset()
+        run = torch.compile(model)
+    try:
         for _ in range(3):
             step()
-        row["wall_ms"] = round(timed(step, 8), 2)
-        row["gpu_ms"], row["top_kernels"] = gpu_busy(step, 3)
-        row["gpu_ms"] = round(row["gpu_ms"], 2)
-        row["tok_s"] = round(16 * 512 / row["wall_ms"] * 1e3)
-        result.setdefault("train", []).append(row)
-        print(f"train {label}: {row['wall_ms']} ms wall, {row['gpu_ms']} ms GPU, {row['tok_s']} tok/s",
-              {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
-        for k in row["top_kernels"]:
-            print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
-        del model, run, opt
-        torch.cuda.empty_cache()
+    except Exception as error:  # noqa: BLE001 - a diagnostic: record the failure and go on
+        result.setdefault("train", []).append(dict(model=label, error=repr(error)[:400]))
+        print(f"train {label}: failed {error!r:.400}", flush=True)
+        return
+    for _ in range(3):
+        step()
+    row["wall_ms"] = round(timed(step, 8), 2)
+    row["gpu_ms"], row["top_kernels"] = gpu_busy(step, 3)
+    row["gpu_ms"] = round(row["gpu_ms"], 2)
+    row["tok_s"] = round(16 * 512 / row["wall_ms"] * 1e3)
+    result.setdefault("train", []).append(row)
+    print(f"train {label}: {row['wall_ms']} ms wall, {row['gpu_ms']} ms GPU, {row['tok_s']} tok/s",
+          {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
+    for k in row["top_kernels"]:
+        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
 
 
 def decode_part(result: dict) -> None:
@@ -130,7 +134,7 @@ def decode_part(result: dict) -> None:
         step_model = torch.compile(model, mode="reduce-overhead") if label == "compiled" else model
         state = dict(seen=prompt, token=logits.argmax(-1, keepdim=True))
 
-        def step():
+        def step(mask=mask, state=state, step_model=step_model, cache=cache):  # bound: this label's
             mask[:, state["seen"]] = 1
             state["seen"] += 1
             with torch.no_grad():
@@ -152,7 +156,8 @@ def decode_part(result: dict) -> None:
         for k in kernels:
             print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
     for cache_implementation in ("static", None):
-        kwargs = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False, cache_implementation=cache_implementation)
+        kwargs = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False,
+                      cache_implementation=cache_implementation)
         model.generate(ids, **kwargs)  # compiles (static) and warms up
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -179,40 +184,43 @@ def graph_part(result: dict, variants: list[str]) -> None:
         torch._dynamo.reset()
         decoding.COMPILE_OPTIONS = options
         for context in (2048, 65536):
-            ids = torch.randint(3, 32000, (1, context), device="cuda")
-            slots = context + 129 + 16  # 16 spare slots for the profiled steps below
-
-            def call(new: int) -> float:
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                decoding.graph_generate(model, ids, new, max_cache_len=slots)
-                torch.cuda.synchronize()
-                return time.perf_counter() - t0
-
-            row = dict(variant=label, options=options, context=context)
-            try:
-                row["first_call_s"] = round(call(4), 2)  # compiles and captures
-                one = min(call(1) for _ in range(3))
-                full = min(call(129) for _ in range(3))
-            except Exception as error:  # noqa: BLE001 - a diagnostic: record the failure and go on
-                row["error"] = repr(error)[:400]
-                rows.append(row)
-                print(f"graph {label} {context}: failed {error!r:.400}", flush=True)
-                continue
-            per_token = (full - one) / 128
-            # A 128-token call, as model_bench times it: the prompt and first token, then 127 replays.
-            row.update(prefill_ms=round(1e3 * one, 2), per_token_ms=round(1e3 * per_token, 3),
-                       tok_s_128=round(128 / (one + 127 * per_token), 1))
-            decoder = next(iter(decoding._DECODERS.values()))  # 16 free slots are left after the 129-token call
-            busy, kernels = gpu_busy(decoder.one_step, 8, top=10)
-            row.update(gpu_ms=round(busy, 3), top_kernels=kernels)
-            rows.append(row)
-            print(f"graph {label} {context}: first {row['first_call_s']} s, prefill+first token {row['prefill_ms']} "
-                  f"ms, {row['per_token_ms']} ms/token, step GPU {row['gpu_ms']} ms", flush=True)
-            for k in kernels:
-                print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
-            del ids
+            graph_row(rows, model, label, options, context)  # its inputs are freed on return
     decoding.release_decoders()
+
+
+def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, context: int) -> None:
+    ids = torch.randint(3, 32000, (1, context), device="cuda")
+    slots = context + 129 + 16  # 16 spare slots for the profiled steps below
+
+    def call(new: int) -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        decoding.graph_generate(model, ids, new, max_cache_len=slots)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    row = dict(variant=label, options=options, context=context)
+    try:
+        row["first_call_s"] = round(call(4), 2)  # compiles and captures
+        one = min(call(1) for _ in range(3))
+        full = min(call(129) for _ in range(3))
+    except Exception as error:  # noqa: BLE001 - a diagnostic: record the failure and go on
+        row["error"] = repr(error)[:400]
+        rows.append(row)
+        print(f"graph {label} {context}: failed {error!r:.400}", flush=True)
+        return
+    per_token = (full - one) / 128
+    # A 128-token call, as model_bench times it: the prompt and first token, then 127 replays.
+    row.update(prefill_ms=round(1e3 * one, 2), per_token_ms=round(1e3 * per_token, 3),
+               tok_s_128=round(128 / (one + 127 * per_token), 1))
+    decoder = next(iter(decoding._DECODERS.values()))  # 16 free slots are left after the 129-token call
+    busy, kernels = gpu_busy(decoder.one_step, 8, top=10)
+    row.update(gpu_ms=round(busy, 3), top_kernels=kernels)
+    rows.append(row)
+    print(f"graph {label} {context}: first {row['first_call_s']} s, prefill+first token {row['prefill_ms']} "
+          f"ms, {row['per_token_ms']} ms/token, step GPU {row['gpu_ms']} ms", flush=True)
+    for k in kernels:
+        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
 
 
 def main() -> None:

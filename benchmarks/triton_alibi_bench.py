@@ -1,13 +1,14 @@
 """The Triton ALiBi flash-attention kernel vs unbiased SDPA flash (the ceiling) and FlexAttention ALiBi, one GPU.
 
-    python benchmarks/triton_alibi_bench.py [--lengths 1024 4096] [--configs] [--no-flex]
-
 Method of /work/shared/research/anchor-bench/attn_bench.py: bf16, 8 heads, head_dim 128, batch * L = 16384
 tokens, causal FLOPs (4 * B * h * L^2 * d / 2, times 3.5 for forward + backward), median of CUDA-event timings
 after warmup. Before timing, each L compares our output and gradients with flex's (max abs difference, shown in
 the table). Autotuning and torch.compile happen in that check, outside the timings. `--configs` (or
 ALIBI_BENCH_CONFIGS=1) prints the autotune config each kernel picked per L. Writes $OUT/triton_alibi_bench.json
-(OUT defaults to /tmp). About 3 minutes on an H100, most of it flex and Triton compilation.
+(OUT defaults to /tmp) and prints one table. About 3 minutes on an H100, most of it flex and Triton
+compilation. On the GPU machine:
+
+    HF_HUB_OFFLINE=1 python3 benchmarks/triton_alibi_bench.py [--lengths 1024 4096] [--configs] [--no-flex]
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def max_diffs(kernels: dict, batch: int, length: int) -> dict[str, float] | None
         return None
     theirs = forward_backward(kernels["flex_alibi"], q, k, v, grad_out)
     names = ("out", "dq", "dk", "dv")
-    return {name: (a.float() - b.float()).abs().max().item() for name, a, b in zip(names, ours, theirs)}
+    return {name: (a.float() - b.float()).abs().max().item() for name, a, b in zip(names, ours, theirs, strict=True)}
 
 
 def run_case(name: str, fn, batch: int, length: int, backward: bool) -> dict:

@@ -1,9 +1,10 @@
 """Perplexity cost of ALiBi truncation (`alibi_truncation=T`) on a trained model, against the untruncated model.
 
-    python benchmarks/truncation_cost.py MODEL_DIR --data test.txt.xz --length 4096 --thresholds 20,10,5
-
 The data is encoded as in training (`--text-mode document` for the gutenberg presets). Prints a table and writes
-truncation_cost.json to $OUT (or .).
+truncation_cost.json to $OUT (or .). extrapolation_gpu.sh runs it after training; on the GPU machine:
+
+    HF_HUB_OFFLINE=1 python3 benchmarks/truncation_cost.py MODEL_DIR --data test.txt.xz --length 4096 \\
+        --thresholds 20,10,5
 """
 
 from __future__ import annotations
