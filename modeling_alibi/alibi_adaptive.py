@@ -1,9 +1,11 @@
 """Adaptive input and adaptive softmax (Baevski & Auli, 2019), laid out as fairseq's transformer_lm_wiki103.
 
-Hub payload: imports only torch and configuration_alibi.py.
+Hub payload: imports only torch, the standard library and configuration_alibi.py.
 """
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ LOG_PROB_BYTES = 256 * 2**20
 
 def _band_edges(cutoffs: list[int], vocab_size: int) -> list[tuple[int, int]]:
     edges = [0, *cutoffs, vocab_size]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(pairwise(edges))
 
 
 class AlibiAdaptiveInput(nn.Module):
@@ -29,14 +31,14 @@ class AlibiAdaptiveInput(nn.Module):
         widths = [int(config.input_dim // config.adaptive_input_factor**b) for b in range(len(self.bands))]
         self.embeddings = nn.ModuleList(
             nn.Embedding(hi - lo, width, padding_idx=config.pad_token_id if b == 0 else None)
-            for b, ((lo, hi), width) in enumerate(zip(self.bands, widths))
+            for b, ((lo, hi), width) in enumerate(zip(self.bands, widths, strict=True))
         )
         self.projections = nn.ModuleList(nn.Linear(width, config.hidden_size, bias=False) for width in widths)
         self.embedding_dim = config.hidden_size
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = self.projections[0].weight.new_zeros(*input_ids.shape, self.embedding_dim)  # (b, q, d)
-        for (lo, hi), embedding, projection in zip(self.bands, self.embeddings, self.projections):
+        for (lo, hi), embedding, projection in zip(self.bands, self.embeddings, self.projections, strict=True):
             in_band = (input_ids >= lo) & (input_ids < hi)
             out[in_band] = projection(embedding(input_ids[in_band] - lo))
         return out
@@ -60,7 +62,8 @@ class AlibiAdaptiveSoftmax(nn.Module):
         self.cluster = nn.Linear(dim, len(tails), bias=False)
         if not self.tie_weights:
             self.head = nn.Linear(dim, self.bands[0][1], bias=False)
-            self.tails = nn.ModuleList(nn.Linear(w, hi - lo, bias=False) for (lo, hi), w in zip(tails, widths))
+            bands = zip(tails, widths, strict=True)
+            self.tails = nn.ModuleList(nn.Linear(w, hi - lo, bias=False) for (lo, hi), w in bands)
         if not self.tie_proj:
             self.tail_projections = nn.ModuleList(nn.Linear(dim, w, bias=False) for w in widths)
         self.dropout = nn.Dropout(config.adaptive_softmax_dropout)

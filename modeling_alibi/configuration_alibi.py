@@ -5,6 +5,8 @@ This file ships to the Hub as remote code: it imports only the standard library 
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from transformers import PreTrainedConfig
 
 POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "learned", "none")
@@ -233,7 +235,7 @@ class AlibiConfig(PreTrainedConfig):
             if cutoffs is None:
                 continue
             edges = [0, *cutoffs, self.vocab_size]
-            if any(a >= b for a, b in zip(edges[:-1], edges[1:])):
+            if any(a >= b for a, b in pairwise(edges)):
                 raise ValueError(
                     f"{name}={cutoffs} must be strictly increasing and below vocab_size={self.vocab_size}."
                 )
