@@ -11,6 +11,8 @@ anchors.md section 6: 3 warm-up calls, then the mean of back-to-back calls betwe
   model_flex    the model's flex backend (flex_attention_forward, FlexAttention with the ALiBi score_mod), with
                 TRITON_INFERENCE off so the forward-only row runs flex too;
   model_triton  forward only: what flex_attention_forward runs for inference (the Triton ALiBi kernel).
+Also printed: the first call's wall time per shape (cuDNN builds its graphs there), and the host cost per call of
+cudnn_alibi and sdpa_nobias at 128 tokens, where the GPU waits on the host.
 The mask is built as benchmarks/attention_bench.py builds it, once per case with offset 0, so the block mask is
 cached as in the model (built once per forward, shared by the layers).
 
@@ -93,6 +95,27 @@ def first_call_ms(B: int, L: int) -> dict[str, float]:
     return {"first_fwd_ms": round(1e3 * (t1 - t0), 1), "first_bwd_ms": round(1e3 * (t2 - t1), 1)}
 
 
+def host_us(fn: Callable, backward: bool, reps: int = 200) -> float:
+    """Microseconds per call at a tiny shape (batch 1, 128 tokens), where the GPU waits on the host: the host cost."""
+    q, k, v = (torch.randn(1, 128, H, D, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2).requires_grad_(backward)
+               for _ in range(3))
+    grad = torch.randn_like(q)
+
+    def step():
+        out = fn(q, k, v)
+        if backward:
+            torch.autograd.grad(out, (q, k, v), grad)
+
+    for _ in range(10):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        step()
+    torch.cuda.synchronize()
+    return round(1e6 * (time.perf_counter() - start) / reps, 1)
+
+
 def time_case(name: str, fn: Callable, B: int, L: int, backward: bool) -> dict:
     torch.cuda.empty_cache()
     q, k, v = (torch.randn(B, L, H, D, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2).requires_grad_(backward)
@@ -128,6 +151,9 @@ def main() -> None:
         cudnn_frontend=cudnn.__version__, cudnn_backend=cudnn.backend_version(), heads=H, head_dim=D, dtype="bf16",
     )
     print(json.dumps(meta), flush=True)
+    host = {f"{name} {'fwd+bwd' if backward else 'fwd'}": host_us(fn, backward)
+            for backward in (False, True) for name, fn in list(kernels(1, 128).items())[:2]}
+    print(json.dumps({"host_us_per_call": host}), flush=True)
     rows, builds = [], {}
     for L, B in cases:
         builds[f"{L}x{B}"] = first_call_ms(B, L)
@@ -138,7 +164,7 @@ def main() -> None:
                     continue  # the model trains on flex; the Triton kernel serves inference forwards
                 rows.append(time_case(name, fn, B, L, backward))
                 with open(os.path.join(args.out, "cudnn_bench.json"), "w") as f:
-                    json.dump(dict(meta, first_call=builds, rows=rows), f, indent=1)
+                    json.dump(dict(meta, host_us_per_call=host, first_call=builds, rows=rows), f, indent=1)
 
     ms = {(r["case"], r["pass_"], r["L"]): r["ms"] for r in rows}
     print(f"\n{'L':>6} {'B':>2} {'pass':8} {'cudnn ms':>9} {'TF/s':>5} {'sdpa ms':>8} {'flex ms':>8} {'triton ms':>9}"
@@ -155,8 +181,9 @@ def main() -> None:
             print(f"{L:6d} {B:2d} {pass_:8} {ours!s:>9} {tf!s:>5} {sdpa!s:>8} {flex!s:>8} {triton or '-'!s:>9}"
                   f" {ratio(sdpa, ours):>10} {ratio(flex, ours):>10}")
     print("sdpa/cudnn: unbiased causal SDPA time over cuDNN ALiBi time (anchors.md section 6's ratio); "
-          "flex/cudnn: cuDNN's speed-up over the model's flex backend. First calls (graph builds):",
-          json.dumps(builds))
+          "flex/cudnn: cuDNN's speed-up over the model's flex backend.")
+    print("First calls (graph builds):", json.dumps(builds))
+    print("Host cost per call, microseconds (batch 1, 128 tokens):", json.dumps(host))
 
 
 if __name__ == "__main__":

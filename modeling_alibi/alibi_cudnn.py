@@ -35,6 +35,7 @@ and without it `is_supported` is False.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
 from typing import Any
@@ -114,6 +115,7 @@ def _empty_bshd(b: int, h: int, s: int, d: int, like: torch.Tensor) -> torch.Ten
 
 _GRAPHS: dict[tuple, tuple[Any, tuple[Any, ...], int]] = {}
 _GRAPHS_LOCK = threading.Lock()
+atexit.register(_GRAPHS.clear)  # release the frontend's objects before its module is torn down
 # cuDNN handles must not be shared between threads (autograd runs the backward on its own thread), so each
 # thread has one per device. Built graphs are immutable and run with the calling thread's handle.
 _THREAD = threading.local()
@@ -149,32 +151,34 @@ def _finish(cudnn: Any, graph: Any) -> None:
 
 
 def _build(cudnn: Any, handle: Any, backward: bool, shape: tuple[int, ...], dtype: torch.dtype, scale: float):
-    """(graph, its tensors in binding order, workspace bytes) for one direction at one shape."""
+    """(graph, its tensors' uids in binding order, workspace bytes) for one direction at one shape."""
     b, h, s, d = shape
     layout = dict(dim=[b, h, s, d], stride=list(_bshd_strides(b, h, s, d)))
     stats_layout = dict(dim=[b, h, s, 1], stride=[h * s, s, 1, 1], data_type=cudnn.data_type.FLOAT)
     mask = dict(attn_scale=scale, use_causal_mask=True, use_alibi_mask=True)
     graph = _new_graph(cudnn, handle, dtype)
-    q, k, v = (graph.tensor(name=name, **layout) for name in ("q", "k", "v"))
+    # Uids name the operands, so a call binds its buffers as an ordered list (the frontend's fast path). The
+    # numbers are those of the frontend's own torch op (cudnn/sdpa/fwd/torch_op.py).
+    q, k, v = (graph.tensor(name=name, uid=uid, **layout) for uid, name in ((1, "q"), (2, "k"), (3, "v")))
     if not backward:
         out, stats = graph.sdpa(name="alibi_sdpa", q=q, k=k, v=v, generate_stats=True, **mask)
-        out.set_output(True).set_dim(layout["dim"]).set_stride(layout["stride"])
-        stats.set_output(True).set_dim(stats_layout["dim"]).set_stride(stats_layout["stride"])
+        out.set_uid(100).set_output(True).set_dim(layout["dim"]).set_stride(layout["stride"])
+        stats.set_uid(101).set_output(True).set_dim(stats_layout["dim"]).set_stride(stats_layout["stride"])
         stats.set_data_type(cudnn.data_type.FLOAT)
-        tensors = (q, k, v, out, stats)
     else:
-        out, grad_out = graph.tensor(name="o", **layout), graph.tensor(name="dO", **layout)
-        stats = graph.tensor(name="stats", **stats_layout)
+        out = graph.tensor(name="o", uid=100, **layout)
+        stats = graph.tensor(name="stats", uid=101, **stats_layout)
+        grad_out = graph.tensor(name="dO", uid=200, **layout)
         dq, dk, dv = graph.sdpa_backward(name="alibi_sdpa_bwd", q=q, k=k, v=v, o=out, dO=grad_out, stats=stats, **mask)
-        for grad in (dq, dk, dv):
-            grad.set_output(True).set_dim(layout["dim"]).set_stride(layout["stride"])
-        tensors = (q, k, v, out, grad_out, stats, dq, dk, dv)
+        for uid, grad in enumerate((dq, dk, dv), start=201):
+            grad.set_uid(uid).set_output(True).set_dim(layout["dim"]).set_stride(layout["stride"])
     _finish(cudnn, graph)
-    return graph, tensors, graph.get_workspace_size()
+    uids = (1, 2, 3, 100, 101, 200, 201, 202, 203) if backward else (1, 2, 3, 100, 101)
+    return graph, uids, graph.get_workspace_size()
 
 
 def _run(backward: bool, scale: float, buffers: tuple[torch.Tensor, ...]) -> None:
-    """Build (once) and execute one graph on `buffers`, in the binding order of `_build`."""
+    """Build (once) and execute one graph on `buffers`: q, k, v, out, stats, then dO, dq, dk, dv for the backward."""
     cudnn = _frontend()
     if cudnn is None:
         raise RuntimeError("alibi_cudnn_attention needs nvidia-cudnn-frontend: pip install 'alibi-lm[cudnn]'")
@@ -192,9 +196,9 @@ def _run(backward: bool, scale: float, buffers: tuple[torch.Tensor, ...]) -> Non
                     entry = _GRAPHS[key] = _build(cudnn, handle, backward, tuple(query.shape), query.dtype, scale)
                     while len(_GRAPHS) > GRAPH_CACHE_SIZE:
                         _GRAPHS.pop(next(iter(_GRAPHS)))
-        graph, tensors, workspace_bytes = entry
+        graph, uids, workspace_bytes = entry
         workspace = torch.empty(max(workspace_bytes, 1), device=query.device, dtype=torch.uint8)
-        graph.execute(dict(zip(tensors, buffers, strict=True)), workspace, handle=handle)
+        graph.execute(list(buffers), workspace, handle=handle, tensor_uids=uids)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -238,7 +242,7 @@ def _backward(
     stats = stats.contiguous()
     b, h, s, d = query.shape
     dq, dk, dv = (_empty_bshd(b, h, s, d, query) for _ in range(3))
-    _run(True, scale, (query, key, value, out, grad_out, stats, dq, dk, dv))
+    _run(True, scale, (query, key, value, out, stats, grad_out, dq, dk, dv))
     return dq, dk, dv
 
 
