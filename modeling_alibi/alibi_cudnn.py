@@ -290,6 +290,10 @@ def alibi_cudnn_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     Returns:
         (b, h, s, d) in the query dtype, a view of (b, s, h, d)-contiguous memory.
     """
-    # Traced by torch.compile as a no-op for the model's layout; saved for the backward already converted.
-    query, key, value = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (query, key, value))
+    # Converted here, not only inside the op, so that the backward saves converted tensors. The model's layout
+    # skips this: three transposes per input would add autograd nodes and host time to every call.
+    query, key, value = (
+        x if x.stride() == _bshd_strides(*x.shape) else x.transpose(1, 2).contiguous().transpose(1, 2)
+        for x in (query, key, value)
+    )
     return _forward_op(query, key, value, float(scaling))[0]

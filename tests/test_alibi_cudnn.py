@@ -136,7 +136,6 @@ def test_compile_fullgraph_matches_eager():
     def attend(q, k, v, scale):
         return alibi_cudnn_attention(q * 2, k, v, scale) + 1  # ops around it, fused by inductor
 
-    torch._dynamo.reset()
     compiled = torch.compile(attend, fullgraph=True)
     eager = forward_backward(attend, inputs, grad, 0.125)
     traced = forward_backward(compiled, inputs, grad, 0.125)
@@ -218,3 +217,21 @@ def test_fake_kernels_and_autograd_trace():
     inputs = [torch.randn(1, 16, 4, 8, dtype=torch.bfloat16).transpose(1, 2).requires_grad_() for _ in range(3)]
     code = make_fx(forward_and_grads, tracing_mode="fake")(*inputs).code
     assert code.count("alibi_lm.cudnn_fwd_") == 1 and code.count("alibi_lm.cudnn_bwd_") == 1
+
+
+def test_compile_fullgraph_traces_on_cpu(monkeypatch):
+    """torch.compile(fullgraph=True, dynamic=True) takes the wrapper and both ops, for the model's layout and a
+    contiguous one, at two lengths.
+
+    cuDNN is stubbed out (the ops return uninitialized tensors), so this checks tracing only; the gpu test
+    compares values.
+    """
+    monkeypatch.setattr(alibi_cudnn, "_run", lambda backward, scale, buffers: None)
+    compiled = torch.compile(lambda q, k, v: alibi_cudnn_attention(q * 2, k, v, 0.125) + 1, fullgraph=True,
+                             backend="aot_eager", dynamic=True)
+    for length in (64, 96):
+        model_layout = [torch.randn(2, length, 4, 64).bfloat16().transpose(1, 2).requires_grad_() for _ in range(3)]
+        contiguous = [torch.randn(2, 4, length, 64).bfloat16().requires_grad_() for _ in range(3)]
+        for inputs in (model_layout, contiguous):
+            compiled(*inputs).float().sum().backward()
+            assert all(x.grad.shape == x.shape for x in inputs)
