@@ -1,8 +1,11 @@
 """Causal ALiBi attention on cuDNN's fused flash SDPA, forward and backward, through nvidia-cudnn-frontend.
 
-Why: cuDNN's fused SDPA has ALiBi built in (`use_alibi_mask`). On an H200 (bf16, 8 heads, head dim 128) its
-forward+backward runs at 0.93-0.97x of unbiased causal SDPA, 1.6-1.8x faster than the FlexAttention and Triton
-ALiBi kernels (shared/research/anchors.md section 6; benchmarks/cudnn_bench.py).
+Why: cuDNN's fused SDPA has ALiBi built in (`use_alibi_mask`). On an H200 (bf16, 8 heads, head dim 128,
+benchmarks/cudnn_bench.py) this op's forward+backward runs at 0.85x (4K tokens x 4), 0.90x (16K) and 0.96x (64K)
+of unbiased causal SDPA, and 1.4x, 2.5x and 2.3x faster than the model's flex backend; its forward alone is 0.84-0.86x
+of unbiased SDPA, 1.1-1.25x faster than the Triton kernel the model uses for inference. Its host cost per call is
+higher than SDPA's (about 70 us forward, 600 us forward+backward through autograd, against 17 and 125 us;
+benchmarks/cudnn_host_profile.py), which shows at small shapes unless CUDA graphs replay the step.
 
 What it computes, exactly (and nothing else):
     out[b, h, i] = sum_j softmax_j(scale * q_i.k_j - m_h * (i - j)) v_j   over keys j <= i,
@@ -23,11 +26,12 @@ Layout: the graphs are built for (b, h, s, d) views of (b, s, h, d)-contiguous m
 model's projections `(b, s, h, d).transpose(1, 2)`, which therefore go in without a copy; any other strides are
 copied into it first. The output and the gradients come back in that layout too.
 
-Each (shape, dtype, device, scale) builds one forward and one backward cuDNN graph on first use (tens to hundreds
-of ms; benchmarks/cudnn_bench.py prints it), cached for the process. Kernels run on torch's current stream
-and the workspace comes from torch's caching allocator, so the op works under CUDA-graph capture once its
-graphs are built (a warm-up call builds them). Forward and backward are `torch.library` custom ops with fake
-kernels and an autograd formula, so `torch.compile(fullgraph=True)` keeps them as single nodes.
+Each (shape, dtype, device, scale) builds one forward and one backward cuDNN graph on first use (60-100 ms each on
+an H200; benchmarks/cudnn_bench.py prints it; the process's first call also loads the frontend, about 0.5 s),
+cached for the process: paid once for training's fixed shape, once per new length for prompts. Kernels run on
+torch's current stream and the workspace comes from torch's caching allocator, so the op works under CUDA-graph
+capture once its graphs are built (a warm-up call builds them). Forward and backward are `torch.library` custom
+ops with fake kernels and an autograd formula, so `torch.compile(fullgraph=True)` keeps them as single nodes.
 
 Hub payload: imports only torch and the standard library; `cudnn` is imported inside `try` where first needed,
 and without it `is_supported` is False.
