@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_alibi import alibi_attention  # noqa: E402
-from modeling_alibi.alibi_attention import AlibiAttentionMask, alibi_slopes, flex_attention_forward  # noqa: E402
+from modeling_alibi import alibi_attention, alibi_slopes  # noqa: E402
+from modeling_alibi.alibi_attention import AlibiAttentionMask, flex_attention_forward  # noqa: E402
 from modeling_alibi.alibi_cudnn import alibi_cudnn_attention, is_supported  # noqa: E402
 
 H, D = 8, 128
