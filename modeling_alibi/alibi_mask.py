@@ -97,6 +97,8 @@ class AlibiAttentionMask:
     # tokens (no cache). None when every row is one sequence.
     segments: torch.Tensor | None = None
     block_mask: Any = None  # flex_attention's BlockMask, built once per forward and shared by all layers
+    # The `alibi_bias_max` the slopes were made with: kernels with built-in slopes (cuDNN: the paper's 8) check it.
+    bias_max: float | None = None
 
     @property
     def is_plain_causal(self) -> bool:
@@ -229,12 +231,13 @@ def _padded_mask(mask, past_length, q_len: int, kv_length: int, kv_offset: int, 
 
 
 def _alibi_options(config: Any, device: torch.device) -> dict:
-    slopes = max_distance = None
+    slopes = max_distance = bias_max = None
     if config.position_encoding == "alibi":
-        slopes = _device_slopes(config.num_attention_heads, config.alibi_bias_max, device)
+        bias_max = config.alibi_bias_max
+        slopes = _device_slopes(config.num_attention_heads, bias_max, device)
         if config.alibi_truncation is not None:
             max_distance = config.alibi_truncation / slopes  # (h,): the penalty passes T beyond it
-    return dict(slopes=slopes, window=config.attention_window, max_distance=max_distance)
+    return dict(slopes=slopes, window=config.attention_window, max_distance=max_distance, bias_max=bias_max)
 
 
 def _documents(position_ids: torch.Tensor, batch: int) -> torch.Tensor | None:

@@ -34,6 +34,7 @@ PAYLOAD = (
     "alibi_triton_forward.py",
     "alibi_triton_backward.py",
     "alibi_triton_decode.py",  # split-K decode kernel
+    "alibi_cudnn.py",  # cuDNN's fused ALiBi (optional nvidia-cudnn-frontend)
 )
 
 MODEL_CARD = """---

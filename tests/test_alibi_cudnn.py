@@ -175,6 +175,50 @@ def test_cuda_graph_capture_and_side_stream():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# GPU: inside the model, where the kernel-choice table routes training and whole-prompt calls to it
+# ----------------------------------------------------------------------------------------------------------
+
+
+def model_step(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Loss and gradients (fp32) of one training step."""
+    model.zero_grad()
+    loss = model.train()(input_ids, labels=input_ids).loss
+    loss.backward()
+    return loss.detach().float(), [p.grad.float() for p in model.parameters()]
+
+
+@pytest.mark.gpu
+@needs_cudnn
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_gpu_model_training_step_on_cudnn_is_as_close_to_fp32_as_flex(monkeypatch, compiled):
+    """A bf16 model's training step runs cuDNN in every layer (compiled too), and its loss and gradients are as
+    close to the fp32 eager model's as the same bf16 model's on flex (2x flex's error, plus a floor)."""
+    from conftest import model_pair
+
+    import modeling_alibi.alibi_attention as attention
+
+    reference, fast = model_pair(8, "flex_attention", initializer_range=0.1)  # head dim 64
+    fast.to(torch.bfloat16)
+    run = torch.compile(fast) if compiled else fast
+    kernel, calls = attention.alibi_cudnn_attention, []
+    monkeypatch.setattr(attention, "alibi_cudnn_attention", lambda *args: calls.append(1) or kernel(*args))
+    input_ids = torch.randint(3, 99, (2, 1000), device="cuda")
+    expected_loss, expected = model_step(reference, input_ids)
+    monkeypatch.setattr(attention, "CUDNN_ALIBI", False)
+    flex_loss, flex = model_step(fast, input_ids)  # eager model: the flag is read per call
+    assert calls == []
+    monkeypatch.setattr(attention, "CUDNN_ALIBI", True)
+    loss, grads = model_step(run, input_ids)
+    if not compiled:  # a compiled graph calls the op directly, past the Python-level wrapper
+        assert len(calls) == fast.config.num_hidden_layers
+    scale = max(g.abs().max() for g in expected)
+    assert abs(loss - expected_loss) <= 2 * abs(flex_loss - expected_loss) + 1e-3
+    for index, (got, flex_got, want) in enumerate(zip(grads, flex, expected, strict=True)):
+        error, flex_error = (got - want).abs().max() / scale, (flex_got - want).abs().max() / scale
+        assert error <= 2 * flex_error + 1e-3, (index, float(error), float(flex_error))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # CPU: no cudnn needed
 # ----------------------------------------------------------------------------------------------------------
 

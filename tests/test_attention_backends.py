@@ -515,7 +515,9 @@ def test_gpu_bf16_matches_eager_at_8192(num_heads, implementation):
 
 
 def record_kernel_offsets(monkeypatch) -> list[int]:
-    """Wrap the real Triton kernel: the offsets of its calls, so a test knows it ran."""
+    """Wrap the real Triton kernel: the offsets of its calls, so a test knows it ran. cuDNN, which serves whole
+    prompts before Triton does, is switched off: these tests are about Triton's calls against flex's."""
+    monkeypatch.setattr(modeling, "CUDNN_ALIBI", False)
     kernel = modeling.alibi_flash_attention
     assert kernel is not None, "triton is missing on this CUDA machine"
     offsets = []
