@@ -20,7 +20,7 @@ Parts (`--parts`, default all; each case catches OOM and errors, records them an
   decode     batch-1 greedy decode of 128 tokens after a 2,048-token prompt (time of the whole `generate` call,
              prompt included, as in the anchors): ours with the dynamic cache, ours with
              `cache_implementation="static"` (generate compiles the step on CUDA), ours with
-             `modeling_alibi.decoding.graph_generate` (static cache, compiled step replayed as one CUDA graph per
+             `modeling_alibi.generation.graph_generate` (static cache, compiled step replayed as one CUDA graph per
              token), BLOOM, MPT; tokens/s and the ratios to the peers (target >= 20x). Then the per-token decode
              time at 65,536 tokens of context (dynamic cache and graph_generate here, generate-style static in the
              `long_static` extra; the fastest counts) against the HBM limit (weight bytes + KV-cache bytes read
@@ -81,7 +81,7 @@ from transformers import BloomConfig, BloomForCausalLM, MptConfig, MptForCausalL
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
-from modeling_alibi.decoding import graph_generate  # noqa: E402
+from modeling_alibi.generation import graph_generate  # noqa: E402
 from modeling_alibi.modeling_alibi import CACHE_NAME  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()
