@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from modeling_alibi.checkpoint_io import (
+from modeling_alibi.fairseq.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
     fairseq_model_field,

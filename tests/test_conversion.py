@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_alibi.checkpoint_io import UnsafeCheckpointError
-from modeling_alibi.conversion import convert_fairseq_checkpoint, fairseq_log_probs, main
+from modeling_alibi.fairseq import UnsafeCheckpointError, convert_fairseq_checkpoint, fairseq_log_probs
+from modeling_alibi.fairseq.conversion import main
 from modeling_alibi.modeling_alibi import output_cache
 from tests.fairseq_fixtures import make_fairseq_checkpoint, save_fairseq_checkpoint, write_fixture_dict
 from tests.fairseq_reference import reference_log_probs
@@ -197,7 +197,7 @@ class _Payload:
 _FULL_SIZE_CONVERT = """
 import resource, sys, torch
 from tests.fairseq_fixtures import WT103_VOCAB_SIZE, save_fairseq_checkpoint, write_fixture_dict
-from modeling_alibi.conversion import convert_fairseq_checkpoint
+from modeling_alibi.fairseq import convert_fairseq_checkpoint
 root = sys.argv[1]
 save_fairseq_checkpoint(f"{root}/wt103.pt", "transformer_lm_wiki103", heads=8, layers=16, embed_dim=1024,
                         ffn_dim=4096, cutoffs="20000,60000", vocab_size=WT103_VOCAB_SIZE, variant="fp16_trained",

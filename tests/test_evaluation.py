@@ -16,17 +16,16 @@ from torch import nn
 
 from modeling_alibi.evaluation import (
     CORPUS_PERPLEXITY_METRIC_PATH,
-    eval_lm_windows,
     evaluate_perplexity,
     main,
 )
-from modeling_alibi.tokenization import (
+from modeling_alibi.fairseq import (
     build_fairseq_dictionary,
-    encode_lines,
+    eval_lm_windows,
     fairseq_tokenizer,
-    read_lines,
     write_fairseq_dictionary,
 )
+from modeling_alibi.tokenization import encode_lines, read_lines
 
 EOS, PAD = 2, 1
 WT103_VALID = Path(__file__).resolve().parents[1] / "data" / "wikitext-103" / "wiki.valid.tokens"

@@ -17,13 +17,8 @@ from modeling_alibi import AlibiConfig, AlibiForCausalLM
 from modeling_alibi.cli import main as cli_main
 from modeling_alibi.evaluation import evaluate_perplexity
 from modeling_alibi.extrapolation import evaluate_lengths
-from modeling_alibi.tokenization import (
-    build_fairseq_dictionary,
-    encode_lines,
-    fairseq_tokenizer,
-    read_lines,
-    write_fairseq_dictionary,
-)
+from modeling_alibi.fairseq import build_fairseq_dictionary, fairseq_tokenizer, write_fairseq_dictionary
+from modeling_alibi.tokenization import encode_lines, read_lines
 
 WT103_VALID = Path(__file__).resolve().parents[1] / "data" / "wikitext-103" / "wiki.valid.tokens"
 MAX_TOKENS = 300  # not a multiple of any length: the last window of each is short

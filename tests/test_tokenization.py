@@ -15,17 +15,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 from transformers import AutoTokenizer
 
-from modeling_alibi.tokenization import (
+from modeling_alibi.fairseq import (
     FairseqDictionary,
     build_fairseq_dictionary,
-    encode_file,
-    encode_lines,
     fairseq_tokenizer,
-    read_lines,
-    save_tokenizer,
-    split_lines,
     write_fairseq_dictionary,
 )
+from modeling_alibi.tokenization import encode_file, encode_lines, read_lines, save_tokenizer, split_lines
 
 WT103 = Path(__file__).resolve().parents[1] / "data" / "wikitext-103"
 

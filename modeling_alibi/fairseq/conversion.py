@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint_io import fairseq_model_field, load_fairseq_checkpoint
-from .configuration_alibi import AlibiConfig
-from .hub import DTYPES, export_for_hub
-from .modeling_alibi import AlibiForCausalLM, alibi_slopes
-from .tokenization import FairseqDictionary, fairseq_tokenizer
+from ..configuration_alibi import AlibiConfig
+from ..hub import DTYPES, export_for_hub
+from ..modeling_alibi import AlibiForCausalLM, alibi_slopes
+from .checkpoint import fairseq_model_field, load_fairseq_checkpoint
+from .dictionary import FairseqDictionary, fairseq_tokenizer
 
 logger = logging.getLogger(__name__)
 
