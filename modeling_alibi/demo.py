@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .data import encode_corpus
-from .extrapolation import evaluate_lengths, markdown_table, write_report
+from .evaluation import evaluate_lengths, markdown_table, write_report
 from .training import parse_args, train
 
 logger = logging.getLogger(__name__)

@@ -14,11 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_alibi.evaluation import (
-    CORPUS_PERPLEXITY_METRIC_PATH,
-    evaluate_perplexity,
-    main,
-)
+from modeling_alibi.evaluation import CORPUS_PERPLEXITY_METRIC_PATH, evaluate_perplexity
+from modeling_alibi.evaluation.perplexity import main
 from modeling_alibi.fairseq import (
     build_fairseq_dictionary,
     eval_lm_windows,

@@ -15,8 +15,7 @@ import torch
 
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 from modeling_alibi.cli import main as cli_main
-from modeling_alibi.evaluation import evaluate_perplexity
-from modeling_alibi.extrapolation import evaluate_lengths
+from modeling_alibi.evaluation import evaluate_lengths, evaluate_perplexity
 from modeling_alibi.fairseq import build_fairseq_dictionary, fairseq_tokenizer, write_fairseq_dictionary
 from modeling_alibi.tokenization import encode_lines, read_lines
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .fairseq.eval_lm import eval_lm_windows
+from ..fairseq.eval_lm import eval_lm_windows
 
 logger = logging.getLogger(__name__)
 
@@ -180,11 +180,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> int:
     """`alibi-lm eval-ppl MODEL --data FILE --tokens-per-sample L [...]`; returns the exit status."""
-    # Imported here so `import modeling_alibi.evaluation` stays light. Importing this module already ran
+    # Imported here so `import modeling_alibi.evaluation.perplexity` stays light. Importing this module already ran
     # the package __init__, which registers the "alibi" model type with the Auto classes.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .tokenization import encode_file
+    from ..tokenization import encode_file
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,6 +1,6 @@
 """`alibi-lm extrapolate`: perplexity against evaluation length, one line per model (the paper's Figure 1).
 
-Each model is scored with fairseq-eval-lm windowing (`evaluation.evaluate_perplexity`) at every length, and the
+Each model is scored with fairseq-eval-lm windowing (`perplexity.evaluate_perplexity`) at every length, and the
 results are written as a Markdown table, CSV, JSON and a PNG plot with each model's training length marked.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .evaluation import evaluate_perplexity
+from .perplexity import evaluate_perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate every model at every length and write the report."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .data import encode_corpus
-    from .tokenization import encode_file
+    from ..data import encode_corpus
+    from ..tokenization import encode_file
 
     parser = build_parser()
     args = parser.parse_args(argv)
