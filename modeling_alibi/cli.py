@@ -12,9 +12,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("modeling_alibi.hub", "write a Hub-ready folder (weights, remote code, card)"),
     "convert-fairseq": ("modeling_alibi.fairseq.conversion", "convert a fairseq ALiBi checkpoint"),
     "eval-ppl": ("modeling_alibi.evaluation.perplexity", "corpus perplexity with fairseq-eval-lm semantics"),
-    "train": ("modeling_alibi.training", "train with Accelerate (use `accelerate launch` for several GPUs)"),
+    "train": ("modeling_alibi.training.loop", "train with Accelerate (use `accelerate launch` for several GPUs)"),
     "extrapolate": ("modeling_alibi.evaluation.extrapolation", "perplexity against evaluation length, table and plot"),
-    "finetune": ("modeling_alibi.finetune", "fine-tune a saved model with transformers.Trainer"),
+    "finetune": ("modeling_alibi.training.finetuning", "fine-tune a saved model with transformers.Trainer"),
 }
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .data import encode_corpus
 from .evaluation import evaluate_lengths, markdown_table, write_report
-from .training import parse_args, train
+from .training import encode_corpus, parse_args, train
 
 logger = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ def test_evaluate_lengths_checks_stride(setup) -> None:
 
 def test_document_text_mode_scores_the_training_stream(setup, tmp_path) -> None:
     """--text-mode document reads the data as training did: one end-of-sequence per blank-line-separated record."""
-    from modeling_alibi.data import encode_corpus
+    from modeling_alibi.training import encode_corpus
     from transformers import AutoTokenizer
 
     argv = ["extrapolate", f"small={setup['models']['small']}", "--data", str(setup["data"]), "--lengths", "32",

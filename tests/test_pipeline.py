@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from modeling_alibi.data import train_bpe_tokenizer
+from modeling_alibi.training import train_bpe_tokenizer
 from modeling_alibi.hub import export_for_hub
 
 from conftest import tiny_model

@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate every model at every length and write the report."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..data import encode_corpus
     from ..tokenization import encode_file
+    from ..training.data import encode_corpus
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -30,8 +30,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .fairseq.dictionary import SPECIAL_SYMBOLS, FairseqDictionary, build_fairseq_dictionary, fairseq_tokenizer
-from .tokenization import PADDING_SIDE, save_tokenizer
+from ..fairseq.dictionary import SPECIAL_SYMBOLS, FairseqDictionary, build_fairseq_dictionary, fairseq_tokenizer
+from ..tokenization import PADDING_SIDE, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
