@@ -80,5 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     print("Outputs:")
     for encoding, folder in folders.items():
         print(f"  {encoding:<11} model  {folder}  (AutoModelForCausalLM.from_pretrained)")
-    print(f"  table        {report['md']}\n  plot         {report['png']}\n  csv/json     {report['csv']}, {report['json']}")
+    print(f"  table        {report['md']}\n  plot         {report['png']}\n"
+          f"  csv/json     {report['csv']}, {report['json']}")
     return 0

@@ -71,7 +71,9 @@ def test_truncated_checkpoint(tmp_path) -> None:
         assert str(bad) in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n" * 40, bytes(range(256)) * 8], ids=["empty", "text", "bytes"])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a checkpoint at all\n" * 40, bytes(range(256)) * 8], ids=["empty", "text", "bytes"]
+)
 def test_garbage_file(tmp_path, content: bytes) -> None:
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(content)

@@ -135,7 +135,9 @@ def test_fairseq_log_probs_of_verify_equals_independent_reference() -> None:
 def test_bfloat16_output_and_cli(workdir) -> None:
     save_fairseq_checkpoint(workdir / "cli.pt", "transformer_lm_big", heads=4, tokens_per_sample=TPS)
     out = workdir / "cli-bf16"
-    assert main([str(workdir / "cli.pt"), "--dict", str(workdir / "dict.txt"), "--output", str(out), "--dtype", "bfloat16"]) == 0
+    assert main(
+        [str(workdir / "cli.pt"), "--dict", str(workdir / "dict.txt"), "--output", str(out), "--dtype", "bfloat16"]
+    ) == 0
     with safe_open(out / "model.safetensors", "pt") as f:
         assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.bfloat16
     with pytest.raises(FileExistsError, match="exists"):
@@ -163,7 +165,9 @@ def test_failed_conversion_leaves_nothing(tmp_path, problem: str) -> None:
         state["extra_state"] = _Payload(tmp_path / "marker")
         expected = (UnsafeCheckpointError, "Refusing")
     else:
-        state["model"]["decoder.adaptive_softmax.head.word_proj.weight"] = state["model"]["decoder.adaptive_softmax.head.word_proj.weight"] + 1
+        state["model"]["decoder.adaptive_softmax.head.word_proj.weight"] = (
+            state["model"]["decoder.adaptive_softmax.head.word_proj.weight"] + 1
+        )
         expected = (ValueError, "tied copy")
     torch.save(state, tmp_path / "ckpt.pt")
     with pytest.raises(expected[0], match=expected[1]):
@@ -232,7 +236,9 @@ def _run_measured(code: str, *args: str) -> dict[str, float]:
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=root, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     words = done.stdout.split()
     return {words[i]: float(words[i + 1]) for i in range(len(words) - 1) if words[i].isupper()}

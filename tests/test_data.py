@@ -60,7 +60,9 @@ def test_read_records_txt_xz_and_jsonl_agree(tmp_path: Path):
     with lzma.open(tmp_path / "a.txt.xz", "wt", encoding="utf-8") as f:
         f.write(TEXT)
     documents = TEXT.strip("\n").split("\n\n")
-    jsonl = write(tmp_path / "a.jsonl", "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(documents)))
+    jsonl = write(
+        tmp_path / "a.jsonl", "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(documents))
+    )
 
     lines = list(read_records([txt], "line"))
     assert lines == TEXT.split("\n")[:-1]  # every line, the blank separator included

@@ -55,7 +55,9 @@ def _run(setup: dict, out: Path, *extra: str) -> int:
     return cli_main(argv)
 
 
-@pytest.mark.parametrize("extra, stride", [((), None), (("--sliding", "--stride", "8"), 8)], ids=["nonoverlapping", "sliding-s8"])
+@pytest.mark.parametrize(
+    "extra, stride", [((), None), (("--sliding", "--stride", "8"), 8)], ids=["nonoverlapping", "sliding-s8"]
+)
 def test_report_files_and_numbers(setup, tmp_path, capsys, extra, stride) -> None:
     assert _run(setup, tmp_path, *extra) == 0
     printed = capsys.readouterr().out
@@ -114,7 +116,8 @@ def test_report_files_and_numbers(setup, tmp_path, capsys, extra, stride) -> Non
     ids=["not-a-number", "zero", "empty-item", "stride-too-large", "stride-without-sliding", "max-tokens"],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(setup, tmp_path, capsys, args, message) -> None:
-    argv = ["extrapolate", str(setup["models"]["small"]), "--data", str(setup["data"]), "--output", str(tmp_path), *args]
+    argv = ["extrapolate", str(setup["models"]["small"]), "--data", str(setup["data"]), "--output", str(tmp_path),
+            *args]
     with pytest.raises(SystemExit) as info:
         cli_main(argv)
     assert info.value.code == 2
@@ -126,7 +129,8 @@ def test_bad_arguments_exit_2_with_a_clear_message(setup, tmp_path, capsys, args
 def test_duplicate_labels_are_refused(setup, tmp_path, capsys) -> None:
     folder = str(setup["models"]["small"])
     with pytest.raises(SystemExit) as info:
-        cli_main(["extrapolate", folder, folder, "--data", str(setup["data"]), "--lengths", "16", "--output", str(tmp_path)])
+        cli_main(["extrapolate", folder, folder, "--data", str(setup["data"]), "--lengths", "16",
+                  "--output", str(tmp_path)])
     assert info.value.code == 2 and "same label" in capsys.readouterr().err
 
 

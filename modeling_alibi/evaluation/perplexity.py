@@ -62,7 +62,10 @@ def _window_batches(
 
 
 def score_tokens(
-    model: torch.nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log p(target_ids[:, t] | input_ids[:, :t+1]) as (b, T) float32; 0 where the target is -100.
 
@@ -165,7 +168,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Arguments of `alibi-lm eval-ppl`; pass a subparser to add them to it."""
     parser = parser or argparse.ArgumentParser(prog="alibi-lm eval-ppl", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="Model folder or Hub id (loaded with AutoModelForCausalLM).")
-    parser.add_argument("--data", required=True, help="Text file (or .xz/.gz/.bz2); every line is encoded and followed by </s>.")
+    parser.add_argument("--data", required=True,
+                        help="Text file (or .xz/.gz/.bz2); every line is encoded and followed by </s>.")
     parser.add_argument("--tokens-per-sample", type=int, required=True, help="Window length L.")
     parser.add_argument("--context-window", type=int, default=0, help="Context-only tokens per window (L-1: sliding).")
     parser.add_argument("--batch-size", type=int, default=1, help="Windows per forward pass.")
@@ -204,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         progress=not args.no_progress,
     )
-    settings = {k: getattr(args, k) for k in ("model", "data", "tokens_per_sample", "context_window", "batch_size", "dtype")}
+    settings = {
+        k: getattr(args, k) for k in ("model", "data", "tokens_per_sample", "context_window", "batch_size", "dtype")
+    }
     print(format_result_table(result, settings))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({**settings, "device": device, **result.to_dict()}, indent=2) + "\n")

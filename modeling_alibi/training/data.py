@@ -239,7 +239,10 @@ def _tokenize_batch(batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerF
 
 
 def encode_corpus(
-    paths: Sequence[str | Path], tokenizer: PreTrainedTokenizerFast, text_mode: TextMode = "line", batch_size: int = 1024
+    paths: Sequence[str | Path],
+    tokenizer: PreTrainedTokenizerFast,
+    text_mode: TextMode = "line",
+    batch_size: int = 1024,
 ) -> list[int]:
     """One token stream of local files, encoded as training encodes them: every record, then end-of-sequence.
 
