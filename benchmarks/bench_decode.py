@@ -2,7 +2,7 @@
 
 Greedy decode of 128 tokens after a 2,048-token prompt (time of the whole `generate` call, prompt included, as in
 the anchors): ours with the dynamic cache, ours with `cache_implementation="static"` (generate compiles the step
-on CUDA), ours with `modeling_alibi.decoding.graph_generate` (static cache, compiled step replayed as one CUDA
+on CUDA), ours with `modeling_alibi.generation.graph_generate` (static cache, compiled step replayed as one CUDA
 graph per token), BLOOM, MPT; tokens/s and the ratios to the peers (target >= 20x). Then the per-token decode
 time at 65,536 tokens of context (dynamic cache and graph_generate here, generate-style static in the
 `long_static` extra; the fastest counts) against the HBM limit (weight bytes + KV-cache bytes read per token) /

@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_alibi.extrapolation import ExtrapolationPoint, markdown_table, write_report  # noqa: E402
+from modeling_alibi.evaluation import ExtrapolationPoint, markdown_table, write_report  # noqa: E402
 
 
 def main() -> None:

@@ -10,11 +10,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("modeling_alibi.demo", "train short, evaluate long, generate: the README's main job"),
     "export": ("modeling_alibi.hub", "write a Hub-ready folder (weights, remote code, card)"),
-    "convert-fairseq": ("modeling_alibi.conversion", "convert a fairseq ALiBi checkpoint"),
-    "eval-ppl": ("modeling_alibi.evaluation", "corpus perplexity with fairseq-eval-lm semantics"),
-    "train": ("modeling_alibi.training", "train with Accelerate (use `accelerate launch` for several GPUs)"),
-    "extrapolate": ("modeling_alibi.extrapolation", "perplexity against evaluation length, table and plot"),
-    "finetune": ("modeling_alibi.finetune", "fine-tune a saved model with transformers.Trainer"),
+    "convert-fairseq": ("modeling_alibi.fairseq.conversion", "convert a fairseq ALiBi checkpoint"),
+    "eval-ppl": ("modeling_alibi.evaluation.perplexity", "corpus perplexity with fairseq-eval-lm semantics"),
+    "train": ("modeling_alibi.training.loop", "train with Accelerate (use `accelerate launch` for several GPUs)"),
+    "extrapolate": ("modeling_alibi.evaluation.extrapolation", "perplexity against evaluation length, table and plot"),
+    "finetune": ("modeling_alibi.training.finetuning", "fine-tune a saved model with transformers.Trainer"),
 }
 
 

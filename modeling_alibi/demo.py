@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .data import encode_corpus
-from .extrapolation import evaluate_lengths, markdown_table, write_report
-from .training import parse_args, train
+from .evaluation import evaluate_lengths, markdown_table, write_report
+from .training import encode_corpus, parse_args, train
 
 logger = logging.getLogger(__name__)
 
@@ -81,5 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     print("Outputs:")
     for encoding, folder in folders.items():
         print(f"  {encoding:<11} model  {folder}  (AutoModelForCausalLM.from_pretrained)")
-    print(f"  table        {report['md']}\n  plot         {report['png']}\n  csv/json     {report['csv']}, {report['json']}")
+    print(f"  table        {report['md']}\n  plot         {report['png']}\n"
+          f"  csv/json     {report['csv']}, {report['json']}")
     return 0

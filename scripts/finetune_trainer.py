@@ -6,7 +6,7 @@
 
 import sys
 
-from modeling_alibi.finetune import main
+from modeling_alibi.training.finetuning import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from modeling_alibi.checkpoint_io import (
+from modeling_alibi.fairseq.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
     fairseq_model_field,
@@ -71,7 +71,9 @@ def test_truncated_checkpoint(tmp_path) -> None:
         assert str(bad) in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n" * 40, bytes(range(256)) * 8], ids=["empty", "text", "bytes"])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a checkpoint at all\n" * 40, bytes(range(256)) * 8], ids=["empty", "text", "bytes"]
+)
 def test_garbage_file(tmp_path, content: bytes) -> None:
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(content)

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_alibi.checkpoint_io import UnsafeCheckpointError
-from modeling_alibi.conversion import convert_fairseq_checkpoint, fairseq_log_probs, main
+from modeling_alibi.fairseq import UnsafeCheckpointError, convert_fairseq_checkpoint, fairseq_log_probs
+from modeling_alibi.fairseq.conversion import main
 from modeling_alibi.modeling_alibi import output_cache
 from tests.fairseq_fixtures import make_fairseq_checkpoint, save_fairseq_checkpoint, write_fixture_dict
 from tests.fairseq_reference import reference_log_probs
@@ -135,7 +135,9 @@ def test_fairseq_log_probs_of_verify_equals_independent_reference() -> None:
 def test_bfloat16_output_and_cli(workdir) -> None:
     save_fairseq_checkpoint(workdir / "cli.pt", "transformer_lm_big", heads=4, tokens_per_sample=TPS)
     out = workdir / "cli-bf16"
-    assert main([str(workdir / "cli.pt"), "--dict", str(workdir / "dict.txt"), "--output", str(out), "--dtype", "bfloat16"]) == 0
+    assert main(
+        [str(workdir / "cli.pt"), "--dict", str(workdir / "dict.txt"), "--output", str(out), "--dtype", "bfloat16"]
+    ) == 0
     with safe_open(out / "model.safetensors", "pt") as f:
         assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.bfloat16
     with pytest.raises(FileExistsError, match="exists"):
@@ -163,7 +165,9 @@ def test_failed_conversion_leaves_nothing(tmp_path, problem: str) -> None:
         state["extra_state"] = _Payload(tmp_path / "marker")
         expected = (UnsafeCheckpointError, "Refusing")
     else:
-        state["model"]["decoder.adaptive_softmax.head.word_proj.weight"] = state["model"]["decoder.adaptive_softmax.head.word_proj.weight"] + 1
+        state["model"]["decoder.adaptive_softmax.head.word_proj.weight"] = (
+            state["model"]["decoder.adaptive_softmax.head.word_proj.weight"] + 1
+        )
         expected = (ValueError, "tied copy")
     torch.save(state, tmp_path / "ckpt.pt")
     with pytest.raises(expected[0], match=expected[1]):
@@ -197,7 +201,7 @@ class _Payload:
 _FULL_SIZE_CONVERT = """
 import resource, sys, torch
 from tests.fairseq_fixtures import WT103_VOCAB_SIZE, save_fairseq_checkpoint, write_fixture_dict
-from modeling_alibi.conversion import convert_fairseq_checkpoint
+from modeling_alibi.fairseq import convert_fairseq_checkpoint
 root = sys.argv[1]
 save_fairseq_checkpoint(f"{root}/wt103.pt", "transformer_lm_wiki103", heads=8, layers=16, embed_dim=1024,
                         ffn_dim=4096, cutoffs="20000,60000", vocab_size=WT103_VOCAB_SIZE, variant="fp16_trained",
@@ -232,7 +236,9 @@ def _run_measured(code: str, *args: str) -> dict[str, float]:
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=root, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     words = done.stdout.split()
     return {words[i]: float(words[i + 1]) for i in range(len(words) - 1) if words[i].isupper()}

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from modeling_alibi import data
-from modeling_alibi.data import (
+from modeling_alibi.tokenization import encode_file
+from modeling_alibi.training import data
+from modeling_alibi.training.data import (
     TextSource,
     build_lm_dataset,
     collate_blocks,
@@ -23,7 +24,6 @@ from modeling_alibi.data import (
     train_bpe_tokenizer,
     train_wordlevel_tokenizer,
 )
-from modeling_alibi.tokenization import encode_file
 
 REPO = Path(__file__).resolve().parents[1]
 # Two documents (blank-line separated), a paragraph per line, as in data/gutenberg-tiny.
@@ -60,7 +60,9 @@ def test_read_records_txt_xz_and_jsonl_agree(tmp_path: Path):
     with lzma.open(tmp_path / "a.txt.xz", "wt", encoding="utf-8") as f:
         f.write(TEXT)
     documents = TEXT.strip("\n").split("\n\n")
-    jsonl = write(tmp_path / "a.jsonl", "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(documents)))
+    jsonl = write(
+        tmp_path / "a.jsonl", "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(documents))
+    )
 
     lines = list(read_records([txt], "line"))
     assert lines == TEXT.split("\n")[:-1]  # every line, the blank separator included

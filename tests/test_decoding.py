@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_alibi.decoding import graph_generate
+from modeling_alibi.generation import graph_generate
 
 from conftest import model_pair, tiny_model
 from test_generation import left_padded
@@ -75,7 +75,7 @@ def test_gpu_graph_generate_equals_generate(compile):
 
 def test_second_call_reuses_the_decoder_and_matches():
     """Reuse resets the cache in place: a second call with a shorter prompt equals generate() on it."""
-    import modeling_alibi.decoding as decoding
+    import modeling_alibi.generation.decoding as decoding
 
     model = tiny_model(4, "sdpa")
     input_ids, mask = prompts()
@@ -92,7 +92,7 @@ def test_second_call_reuses_the_decoder_and_matches():
 
 def test_new_weights_get_a_new_decoder():
     """A kept graph reads the parameters it captured: after model.half() (new storage) the decoder is rebuilt."""
-    import modeling_alibi.decoding as decoding
+    import modeling_alibi.generation.decoding as decoding
 
     model = tiny_model(4, "sdpa")
     input_ids = torch.randint(3, 99, (1, 6))

@@ -14,19 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_alibi.evaluation import (
-    CORPUS_PERPLEXITY_METRIC_PATH,
-    eval_lm_windows,
-    evaluate_perplexity,
-    main,
-)
-from modeling_alibi.tokenization import (
+from modeling_alibi.evaluation import CORPUS_PERPLEXITY_METRIC_PATH, evaluate_perplexity
+from modeling_alibi.evaluation.perplexity import main
+from modeling_alibi.fairseq import (
     build_fairseq_dictionary,
-    encode_lines,
+    eval_lm_windows,
     fairseq_tokenizer,
-    read_lines,
     write_fairseq_dictionary,
 )
+from modeling_alibi.tokenization import encode_lines, read_lines
 
 EOS, PAD = 2, 1
 WT103_VALID = Path(__file__).resolve().parents[1] / "data" / "wikitext-103" / "wiki.valid.tokens"
@@ -62,7 +58,9 @@ class LogitsOnlyFake(ContextFakeLM):
         return SimpleNamespace(logits=self.log_probs(input_ids) + 3.0)  # unnormalised on purpose
 
 
-def reference_eval_lm(model: ContextFakeLM, stream: list[int], tokens_per_sample: int, context_window: int) -> tuple[float, int]:
+def reference_eval_lm(
+    model: ContextFakeLM, stream: list[int], tokens_per_sample: int, context_window: int
+) -> tuple[float, int]:
     """fairseq-eval-lm written out literally (TokenBlockDataset + LMContextWindowDataset), one window at a
     time: returns (sum of ln p, number of scored tokens)."""
     block = tokens_per_sample - context_window
@@ -188,7 +186,9 @@ def test_metric_loads_offline_and_matches_function(tmp_path, corpus) -> None:
     assert "mean of per-text perplexities".lower() in metric.description.lower()
     # Hugging Face wikitext rows: blank lines are "" and text rows keep their "\n"
     rows = [line + "\n" if line.strip() else "" for line in corpus["lines"]]
-    got = metric.compute(predictions=rows, model_id=str(tmp_path / "model"), tokens_per_sample=32, batch_size=2, device="cpu")
+    got = metric.compute(
+        predictions=rows, model_id=str(tmp_path / "model"), tokens_per_sample=32, batch_size=2, device="cpu"
+    )
     expected = evaluate_perplexity(model, corpus["stream"], 32, progress=False)
     assert got["num_tokens"] == expected.num_tokens
     assert got["perplexity"] == pytest.approx(expected.perplexity, rel=1e-6)

@@ -15,15 +15,9 @@ import torch
 
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 from modeling_alibi.cli import main as cli_main
-from modeling_alibi.evaluation import evaluate_perplexity
-from modeling_alibi.extrapolation import evaluate_lengths
-from modeling_alibi.tokenization import (
-    build_fairseq_dictionary,
-    encode_lines,
-    fairseq_tokenizer,
-    read_lines,
-    write_fairseq_dictionary,
-)
+from modeling_alibi.evaluation import evaluate_lengths, evaluate_perplexity
+from modeling_alibi.fairseq import build_fairseq_dictionary, fairseq_tokenizer, write_fairseq_dictionary
+from modeling_alibi.tokenization import encode_lines, read_lines
 
 WT103_VALID = Path(__file__).resolve().parents[1] / "data" / "wikitext-103" / "wiki.valid.tokens"
 MAX_TOKENS = 300  # not a multiple of any length: the last window of each is short
@@ -61,7 +55,9 @@ def _run(setup: dict, out: Path, *extra: str) -> int:
     return cli_main(argv)
 
 
-@pytest.mark.parametrize("extra, stride", [((), None), (("--sliding", "--stride", "8"), 8)], ids=["nonoverlapping", "sliding-s8"])
+@pytest.mark.parametrize(
+    "extra, stride", [((), None), (("--sliding", "--stride", "8"), 8)], ids=["nonoverlapping", "sliding-s8"]
+)
 def test_report_files_and_numbers(setup, tmp_path, capsys, extra, stride) -> None:
     assert _run(setup, tmp_path, *extra) == 0
     printed = capsys.readouterr().out
@@ -120,7 +116,8 @@ def test_report_files_and_numbers(setup, tmp_path, capsys, extra, stride) -> Non
     ids=["not-a-number", "zero", "empty-item", "stride-too-large", "stride-without-sliding", "max-tokens"],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(setup, tmp_path, capsys, args, message) -> None:
-    argv = ["extrapolate", str(setup["models"]["small"]), "--data", str(setup["data"]), "--output", str(tmp_path), *args]
+    argv = ["extrapolate", str(setup["models"]["small"]), "--data", str(setup["data"]), "--output", str(tmp_path),
+            *args]
     with pytest.raises(SystemExit) as info:
         cli_main(argv)
     assert info.value.code == 2
@@ -132,7 +129,8 @@ def test_bad_arguments_exit_2_with_a_clear_message(setup, tmp_path, capsys, args
 def test_duplicate_labels_are_refused(setup, tmp_path, capsys) -> None:
     folder = str(setup["models"]["small"])
     with pytest.raises(SystemExit) as info:
-        cli_main(["extrapolate", folder, folder, "--data", str(setup["data"]), "--lengths", "16", "--output", str(tmp_path)])
+        cli_main(["extrapolate", folder, folder, "--data", str(setup["data"]), "--lengths", "16",
+                  "--output", str(tmp_path)])
     assert info.value.code == 2 and "same label" in capsys.readouterr().err
 
 
@@ -144,7 +142,7 @@ def test_evaluate_lengths_checks_stride(setup) -> None:
 
 def test_document_text_mode_scores_the_training_stream(setup, tmp_path) -> None:
     """--text-mode document reads the data as training did: one end-of-sequence per blank-line-separated record."""
-    from modeling_alibi.data import encode_corpus
+    from modeling_alibi.training import encode_corpus
     from transformers import AutoTokenizer
 
     argv = ["extrapolate", f"small={setup['models']['small']}", "--data", str(setup["data"]), "--lengths", "32",

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
-from modeling_alibi.data import TextSource, build_lm_dataset, read_records, train_bpe_tokenizer
+from modeling_alibi.training import TextSource, build_lm_dataset, read_records, train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "data" / "gutenberg-tiny" / "valid.txt"

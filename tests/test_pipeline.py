@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from modeling_alibi.data import train_bpe_tokenizer
+from modeling_alibi.training import train_bpe_tokenizer
 from modeling_alibi.hub import export_for_hub
 
 from conftest import tiny_model
@@ -91,7 +91,8 @@ def test_tokenizer_loads_without_the_package_or_remote_code(folder: Path) -> Non
         sys.meta_path.insert(0, Hide())
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
-        print("\\nRESULT", json.dumps({"padding_side": tokenizer.padding_side, "ids": tokenizer("the sea")["input_ids"]}))
+        print("\\nRESULT", json.dumps({"padding_side": tokenizer.padding_side,
+                                      "ids": tokenizer("the sea")["input_ids"]}))
         """
     )
     run = subprocess.run([sys.executable, "-c", script, str(folder)], stdin=subprocess.DEVNULL, capture_output=True,

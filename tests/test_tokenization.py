@@ -15,17 +15,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 from transformers import AutoTokenizer
 
-from modeling_alibi.tokenization import (
+from modeling_alibi.fairseq import (
     FairseqDictionary,
     build_fairseq_dictionary,
-    encode_file,
-    encode_lines,
     fairseq_tokenizer,
-    read_lines,
-    save_tokenizer,
-    split_lines,
     write_fairseq_dictionary,
 )
+from modeling_alibi.tokenization import encode_file, encode_lines, read_lines, save_tokenizer, split_lines
 
 WT103 = Path(__file__).resolve().parents[1] / "data" / "wikitext-103"
 
@@ -150,7 +146,7 @@ def test_save_tokenizer_writes_left_padding_and_leaves_the_tokenizer_alone(tmp_p
 
 def test_every_tokenizer_we_build_or_export_pads_on_the_left(tmp_path, wt103_tokenizer) -> None:
     from conftest import tiny_model
-    from modeling_alibi.data import train_bpe_tokenizer, train_wordlevel_tokenizer
+    from modeling_alibi.training import train_bpe_tokenizer, train_wordlevel_tokenizer
     from modeling_alibi.hub import export_for_hub
 
     lines = ["the cat sat", "on the mat", "the end"]

@@ -15,8 +15,8 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_alibi import AlibiConfig, training
-from modeling_alibi.training import TrainArguments, parse_args, train
+from modeling_alibi import AlibiConfig
+from modeling_alibi.training import TrainArguments, loop, parse_args, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
@@ -133,10 +133,10 @@ def test_shipped_model_presets_load():
 
 def test_token_budget_sets_the_step_count(workdir: Path):
     args = run_args(workdir, "unused", max_steps=None, max_train_tokens=1000, gradient_accumulation_steps=2)
-    assert training.total_steps(args, batches_per_epoch=50, num_processes=2) == 2  # ceil(1000 / (32*4*2*2))
-    assert training.total_steps(run_args(workdir, "unused", max_steps=None), 50, 1) == 50  # one epoch
+    assert loop.total_steps(args, batches_per_epoch=50, num_processes=2) == 2  # ceil(1000 / (32*4*2*2))
+    assert loop.total_steps(run_args(workdir, "unused", max_steps=None), 50, 1) == 50  # one epoch
     both = run_args(workdir, "unused", max_steps=3, max_train_tokens=10_000)  # 79 steps of 128 tokens
-    assert training.total_steps(both, 50, 1) == 3  # whichever budget runs out first
+    assert loop.total_steps(both, 50, 1) == 3  # whichever budget runs out first
 
 
 # --------------------------------------------------------------------------- training runs
@@ -193,7 +193,7 @@ def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):
     batches_per_epoch = len(datasets.load_from_disk(str(blocks))) // 4
     assert batches_per_epoch < 12 and 12 % batches_per_epoch != 0
 
-    save = training.save_checkpoint
+    save = loop.save_checkpoint
 
     def save_then_crash(accelerator, args, step):
         path = save(accelerator, args, step)
@@ -201,7 +201,7 @@ def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):
             raise KeyboardInterrupt("simulated preemption")
         return path
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train(run_args(workdir, "interrupted", **common))
     monkeypatch.undo()

@@ -10,7 +10,7 @@ import torch
 from torch.testing import assert_close
 from transformers import AttentionInterface, StaticCache
 
-from modeling_alibi.decoding import graph_generate
+from modeling_alibi.generation import graph_generate
 from modeling_alibi.modeling_alibi import CACHE_NAME, output_cache
 
 from conftest import tiny_model

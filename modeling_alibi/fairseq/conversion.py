@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint_io import fairseq_model_field, load_fairseq_checkpoint
-from .configuration_alibi import AlibiConfig
-from .hub import DTYPES, export_for_hub
-from .modeling_alibi import AlibiForCausalLM, alibi_slopes
-from .tokenization import FairseqDictionary, fairseq_tokenizer
+from ..configuration_alibi import AlibiConfig
+from ..hub import DTYPES, export_for_hub
+from ..modeling_alibi import AlibiForCausalLM, alibi_slopes
+from .checkpoint import fairseq_model_field, load_fairseq_checkpoint
+from .dictionary import FairseqDictionary, fairseq_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ SUPPORTED_ARCHS = (
     "transformer_lm_baevski_wiki103", "transformer_lm_gbw", "transformer_lm_baevski_gbw",
     "transformer_lm_gpt2_small", "transformer_lm_gpt2_medium", "transformer_lm_gpt2_big",
 )
-ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_fast": "gelu_pytorch_tanh", "gelu_accurate": "gelu_pytorch_tanh", "swish": "silu"}
+ACTIVATIONS = {
+    "relu": "relu", "gelu": "gelu", "gelu_fast": "gelu_pytorch_tanh", "gelu_accurate": "gelu_pytorch_tanh",
+    "swish": "silu",
+}
 VERIFY_TOLERANCE = 1e-3  # max |log p| difference of the float32 model; a wrong mapping is off by 0.1 or more
 
 # fairseq key pattern -> HF key template. None: drop (buffers, or tied copies checked in `_tied_copies`).
@@ -73,7 +76,9 @@ def alibi_config_from_fairseq(model_cfg: dict[str, Any], vocab_size: int) -> Ali
 
     for flag in ("character_embeddings", "layernorm_embedding", "decoder_layers_to_keep"):
         if opt(flag):
-            raise ValueError(f"The checkpoint uses fairseq option {flag}={opt(flag)!r}, which AlibiForCausalLM does not implement.")
+            raise ValueError(
+                f"The checkpoint uses fairseq option {flag}={opt(flag)!r}, which AlibiForCausalLM does not implement."
+            )
     if opt("activation_fn") not in ACTIVATIONS:
         raise ValueError(f"activation_fn={opt('activation_fn')!r} is not supported; known: {sorted(ACTIVATIONS)}.")
     hidden, in_dim, out_dim = opt("decoder_embed_dim"), opt("decoder_input_dim"), opt("decoder_output_dim")
@@ -97,7 +102,9 @@ def alibi_config_from_fairseq(model_cfg: dict[str, Any], vocab_size: int) -> Ali
         output_embedding_size=out_dim if out_dim != hidden else None,
         tie_word_embeddings=bool(opt("share_decoder_input_output_embed")) and softmax_cutoffs is None,
         adaptive_input=bool(opt("adaptive_input")),
-        adaptive_input_cutoffs=_without_vocab(opt("adaptive_input_cutoff"), vocab_size) if opt("adaptive_input") else None,
+        adaptive_input_cutoffs=(
+            _without_vocab(opt("adaptive_input_cutoff"), vocab_size) if opt("adaptive_input") else None
+        ),
         adaptive_input_factor=opt("adaptive_input_factor"),
         adaptive_softmax_cutoffs=softmax_cutoffs,
         adaptive_softmax_factor=opt("adaptive_softmax_factor"),
@@ -161,9 +168,13 @@ def _tied_copies(config: AlibiConfig) -> list[tuple[str, str]]:
     pairs = []
     if config.tie_adaptive_weights:
         pairs.append((f"{asm}.head.word_proj.weight", f"{emb}.0.0.weight"))
-        pairs += [(f"{asm}.tail.{t}.2.weight", f"{emb}.{t + 1}.0.weight") for t in range(len(config.adaptive_softmax_cutoffs))]
+        pairs += [
+            (f"{asm}.tail.{t}.2.weight", f"{emb}.{t + 1}.0.weight") for t in range(len(config.adaptive_softmax_cutoffs))
+        ]
     if config.tie_adaptive_proj:
-        pairs += [(f"{asm}.tail.{t}.0.weight", f"{emb}.{t + 1}.1.weight") for t in range(len(config.adaptive_softmax_cutoffs))]
+        pairs += [
+            (f"{asm}.tail.{t}.0.weight", f"{emb}.{t + 1}.1.weight") for t in range(len(config.adaptive_softmax_cutoffs))
+        ]
     if config.tie_word_embeddings:
         pairs.append(("decoder.output_projection.weight", "decoder.embed_tokens.weight"))
     return pairs
@@ -201,12 +212,20 @@ def _check_against_model(converted: dict[str, torch.Tensor], config: AlibiConfig
         expected.pop("lm_head.weight", None)
     missing = sorted(set(expected) - set(converted))
     extra = sorted(set(converted) - set(expected))
-    wrong = [f"{k}: {tuple(converted[k].shape)} vs {tuple(expected[k])}" for k in converted if k in expected and converted[k].shape != expected[k]]
+    wrong = [
+        f"{k}: {tuple(converted[k].shape)} vs {tuple(expected[k])}"
+        for k in converted
+        if k in expected and converted[k].shape != expected[k]
+    ]
     if missing or extra or wrong:
-        raise ValueError(f"The checkpoint does not match its config. Missing: {missing}; unexpected: {extra}; shapes: {wrong}")
+        raise ValueError(
+            f"The checkpoint does not match its config. Missing: {missing}; unexpected: {extra}; shapes: {wrong}"
+        )
 
 
-def build_model(converted: dict[str, torch.Tensor], config: AlibiConfig, dtype: torch.dtype = torch.float32) -> AlibiForCausalLM:
+def build_model(
+    converted: dict[str, torch.Tensor], config: AlibiConfig, dtype: torch.dtype = torch.float32
+) -> AlibiForCausalLM:
     """An AlibiForCausalLM holding `converted` (cast to `dtype`), without a random initialisation pass."""
     with torch.device("meta"):
         model = AlibiForCausalLM(config)
@@ -263,13 +282,19 @@ def convert_fairseq_checkpoint(
         notes.append(f"Verified: max |log p| difference to a fairseq-semantics forward {diff:.2e} (float32).")
     model = build_model(converted, config, DTYPES[dtype])
     model.generation_config.bos_token_id = 2  # fairseq LMs start from </s>; <s> was never seen in training
-    out = export_for_hub(model, output_dir, fairseq_tokenizer(dictionary), notes="\n\n".join(notes), overwrite=overwrite)
+    out = export_for_hub(
+        model, output_dir, fairseq_tokenizer(dictionary), notes="\n\n".join(notes), overwrite=overwrite
+    )
     logger.info("Converted %s -> %s", checkpoint_path, out)
     return out
 
 
 def verify_conversion(
-    model: AlibiForCausalLM, state_dict: dict[str, torch.Tensor], model_cfg: dict[str, Any], length: int = 32, seed: int = 0
+    model: AlibiForCausalLM,
+    state_dict: dict[str, torch.Tensor],
+    model_cfg: dict[str, Any],
+    length: int = 32,
+    seed: int = 0,
 ) -> float:
     """Max |log p| difference between `model` and `fairseq_log_probs` on a random sample; raises above tolerance."""
     gen = torch.Generator().manual_seed(seed)
@@ -281,11 +306,16 @@ def verify_conversion(
     diff = (ours.double() - expected).abs().max().item()
     logger.info("verify: max |log p| difference %.3e over %d positions", diff, length)
     if not diff <= VERIFY_TOLERANCE:
-        raise ValueError(f"Verification failed: log-probs differ by {diff:.3e} (> {VERIFY_TOLERANCE}); please report this checkpoint.")
+        raise ValueError(
+            f"Verification failed: log-probs differ by {diff:.3e} (> {VERIFY_TOLERANCE}); "
+            "please report this checkpoint."
+        )
     return diff
 
 
-def fairseq_log_probs(state_dict: dict[str, torch.Tensor], model_cfg: dict[str, Any], ids: torch.Tensor) -> torch.Tensor:
+def fairseq_log_probs(
+    state_dict: dict[str, torch.Tensor], model_cfg: dict[str, Any], ids: torch.Tensor
+) -> torch.Tensor:
     """fairseq's own forward (spec §1-2) on the ORIGINAL keys, float64, full vocabulary: (b, T, V).
 
     ALiBi in the fork's form (+slope * j on the causal mask); used only by `--verify`.
@@ -302,7 +332,10 @@ def fairseq_log_probs(state_dict: dict[str, torch.Tensor], model_cfg: dict[str, 
         x = ids.new_zeros(*ids.shape, d, dtype=torch.float64)
         for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
             rows = (ids >= lo) & (ids < hi)
-            x[rows] = F.linear(sd[f"decoder.embed_tokens.embeddings.{b}.0.weight"][ids[rows] - lo], sd[f"decoder.embed_tokens.embeddings.{b}.1.weight"])
+            x[rows] = F.linear(
+                sd[f"decoder.embed_tokens.embeddings.{b}.0.weight"][ids[rows] - lo],
+                sd[f"decoder.embed_tokens.embeddings.{b}.1.weight"],
+            )
     else:
         x = sd["decoder.embed_tokens.weight"][ids]
     x = x * (1.0 if opt("no_scale_embedding") else math.sqrt(d))
@@ -310,7 +343,9 @@ def fairseq_log_probs(state_dict: dict[str, torch.Tensor], model_cfg: dict[str, 
         x = F.linear(x, sd["decoder.project_in_dim.weight"])
     slopes = alibi_slopes(heads).double()  # tested equal to the fork's recursive rule for 1..64 heads
     T = ids.shape[1]
-    mask = torch.triu(torch.full((T, T), float("-inf"), dtype=torch.float64), 1) + slopes[:, None, None] * torch.arange(T)  # (h, T, T)
+    mask = (  # (h, T, T)
+        torch.triu(torch.full((T, T), float("-inf"), dtype=torch.float64), 1) + slopes[:, None, None] * torch.arange(T)
+    )
     for i in range(opt("decoder_layers")):
         x = _fairseq_layer(sd, f"decoder.layers.{i}.", x, mask, opt("decoder_normalize_before"), opt("activation_fn"))
     if "decoder.layer_norm.weight" in sd:
@@ -322,16 +357,24 @@ def fairseq_log_probs(state_dict: dict[str, torch.Tensor], model_cfg: dict[str, 
     return _fairseq_adaptive_log_probs(sd, model_cfg, x, vocab)
 
 
-def _fairseq_layer(sd: dict[str, torch.Tensor], p: str, x: torch.Tensor, mask: torch.Tensor, pre: bool, act: str) -> torch.Tensor:
+def _fairseq_layer(
+    sd: dict[str, torch.Tensor], p: str, x: torch.Tensor, mask: torch.Tensor, pre: bool, act: str
+) -> torch.Tensor:
     def ln(name: str, h: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(h, h.shape[-1:], sd[f"{p}{name}.weight"], sd[f"{p}{name}.bias"], 1e-5)
 
     b, t, d = x.shape
     h = mask.shape[0]
     y = ln("self_attn_layer_norm", x) if pre else x
-    q, k, v = (F.linear(y, sd[f"{p}self_attn.{n}_proj.weight"], sd[f"{p}self_attn.{n}_proj.bias"]).view(b, t, h, d // h).transpose(1, 2) for n in "qkv")
+    q, k, v = (
+        F.linear(y, sd[f"{p}self_attn.{n}_proj.weight"], sd[f"{p}self_attn.{n}_proj.bias"]).view(b, t, h, d // h)
+        .transpose(1, 2)
+        for n in "qkv"
+    )
     attn = ((q * (d // h) ** -0.5) @ k.transpose(-1, -2) + mask).softmax(-1) @ v  # (b, h, T, d/h)
-    y = F.linear(attn.transpose(1, 2).reshape(b, t, d), sd[p + "self_attn.out_proj.weight"], sd[p + "self_attn.out_proj.bias"])
+    y = F.linear(
+        attn.transpose(1, 2).reshape(b, t, d), sd[p + "self_attn.out_proj.weight"], sd[p + "self_attn.out_proj.bias"]
+    )
     x = x + y if pre else ln("self_attn_layer_norm", x + y)
     y = ln("final_layer_norm", x) if pre else x
     y = F.linear(y, sd[p + "fc1.weight"], sd[p + "fc1.bias"])
@@ -340,7 +383,9 @@ def _fairseq_layer(sd: dict[str, torch.Tensor], p: str, x: torch.Tensor, mask: t
     return x + y if pre else ln("final_layer_norm", x + y)
 
 
-def _fairseq_adaptive_log_probs(sd: dict[str, torch.Tensor], model_cfg: dict[str, Any], x: torch.Tensor, vocab: int) -> torch.Tensor:
+def _fairseq_adaptive_log_probs(
+    sd: dict[str, torch.Tensor], model_cfg: dict[str, Any], x: torch.Tensor, vocab: int
+) -> torch.Tensor:
     edges = [0, *_without_vocab(fairseq_model_field(model_cfg, "adaptive_softmax_cutoff"), vocab), vocab]
     asm, emb = "decoder.adaptive_softmax.", "decoder.embed_tokens.embeddings."
     tied = fairseq_model_field(model_cfg, "tie_adaptive_weights")
@@ -368,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true", help="compare with a fairseq-semantics forward on a sample")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    out = convert_fairseq_checkpoint(args.checkpoint, args.dict_path, args.output, args.dtype, args.verify, args.overwrite)
+    out = convert_fairseq_checkpoint(
+        args.checkpoint, args.dict_path, args.output, args.dtype, args.verify, args.overwrite
+    )
     print(f"Converted model folder: {out}")
     return 0
 

@@ -30,14 +30,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .tokenization import (
-    PADDING_SIDE,
-    SPECIAL_SYMBOLS,
-    FairseqDictionary,
-    build_fairseq_dictionary,
-    fairseq_tokenizer,
-    save_tokenizer,
-)
+from ..fairseq.dictionary import SPECIAL_SYMBOLS, FairseqDictionary, build_fairseq_dictionary, fairseq_tokenizer
+from ..tokenization import PADDING_SIDE, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +174,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
 
 
 def train_wordlevel_tokenizer(texts: Iterable[str], vocab_size: int | None = None) -> PreTrainedTokenizerFast:
-    """fairseq word vocabulary (`fairseq-preprocess` rules, see `tokenization.py`): whitespace split,
+    """fairseq word vocabulary (`fairseq-preprocess` rules, see `fairseq/dictionary.py`): whitespace split,
     `<s> <pad> </s> <unk>` = 0-3, then words by count, padded to a multiple of 8. `vocab_size` counts the specials."""
     entries = build_fairseq_dictionary(lines=texts, nwords=vocab_size or -1)
     return fairseq_tokenizer(FairseqDictionary.from_lines(f"{word} {count}" for word, count in entries))
@@ -245,7 +239,10 @@ def _tokenize_batch(batch: dict[str, list[str]], tokenizer: PreTrainedTokenizerF
 
 
 def encode_corpus(
-    paths: Sequence[str | Path], tokenizer: PreTrainedTokenizerFast, text_mode: TextMode = "line", batch_size: int = 1024
+    paths: Sequence[str | Path],
+    tokenizer: PreTrainedTokenizerFast,
+    text_mode: TextMode = "line",
+    batch_size: int = 1024,
 ) -> list[int]:
     """One token stream of local files, encoded as training encodes them: every record, then end-of-sequence.
 

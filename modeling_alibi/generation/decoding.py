@@ -6,7 +6,7 @@ work of a 234M-parameter model at batch 1 (benchmarks/step_profile.py). `graph_g
 device instead: the step (mask update, forward, token choice, end-of-sequence bookkeeping) reads and writes only
 preallocated buffers, so it is captured once as a CUDA graph and replayed per token with no host work.
 
-    from modeling_alibi.decoding import graph_generate
+    from modeling_alibi.generation import graph_generate
     sequences = graph_generate(model, input_ids, max_new_tokens=128)   # greedy; do_sample=True to sample
 
 The cache is a `StaticCache` of prompt + max_new_tokens slots (or `max_cache_len`; a sliding-window cache when the
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StaticCache
 
-from .modeling_alibi import AlibiForCausalLM
+from ..modeling_alibi import AlibiForCausalLM
 
 
 @dataclass

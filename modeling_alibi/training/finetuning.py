@@ -1,7 +1,7 @@
 """Fine-tune a converted or trained ALiBi model with `transformers.Trainer` on local text files.
 
 Trainer is the familiar path for users who already fine-tune with it (PEFT, callbacks, Hub pushes); Accelerate
-training from scratch lives in `training.py`. Both read data through `data.build_lm_dataset`.
+training from scratch lives in `loop.py`. Both read data through `data.build_lm_dataset`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
+from ..tokenization import save_tokenizer
 from .data import TextSource, build_lm_dataset, collate_blocks
-from .tokenization import save_tokenizer
 
 logger = logging.getLogger(__name__)
 

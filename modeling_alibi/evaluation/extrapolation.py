@@ -1,6 +1,6 @@
 """`alibi-lm extrapolate`: perplexity against evaluation length, one line per model (the paper's Figure 1).
 
-Each model is scored with fairseq-eval-lm windowing (`evaluation.evaluate_perplexity`) at every length, and the
+Each model is scored with fairseq-eval-lm windowing (`perplexity.evaluate_perplexity`) at every length, and the
 results are written as a Markdown table, CSV, JSON and a PNG plot with each model's training length marked.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .evaluation import evaluate_perplexity
+from .perplexity import evaluate_perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ def plot(points: list[ExtrapolationPoint], path: Path, title: str = "Perplexity 
     figure.savefig(path, dpi=120)
 
 
-def write_report(points: list[ExtrapolationPoint], output_dir: str | Path, caption: str | None = None) -> dict[str, Path]:
+def write_report(
+    points: list[ExtrapolationPoint], output_dir: str | Path, caption: str | None = None
+) -> dict[str, Path]:
     """Write extrapolation.{md,csv,json,png} into `output_dir` (`caption` heads the table and titles the plot)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,13 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alibi-lm extrapolate", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="model folders (each with its tokenizer); NAME=PATH sets the label")
     parser.add_argument("--data", required=True, help="text file (or .xz/.gz/.bz2); each line is encoded, then </s>")
-    parser.add_argument("--lengths", required=True, type=_lengths, help="comma-separated window lengths, e.g. 256,512,1024")
+    parser.add_argument("--lengths", required=True, type=_lengths,
+                        help="comma-separated window lengths, e.g. 256,512,1024")
     parser.add_argument("--text-mode", default="fairseq", choices=["fairseq", "line", "document"],
                         help="how the data becomes one token stream: 'fairseq' (every line + </s>, exactly as "
                         "fairseq-eval-lm), or as training read it ('line' or 'document' records + end-of-sequence)")
     parser.add_argument("--sliding", action="store_true", help="sliding-window evaluation instead of nonoverlapping")
-    parser.add_argument("--stride", type=_positive, default=None, help="with --sliding: scored tokens per window (default 1: the paper's)")
-    parser.add_argument("--max-tokens", type=_positive, default=None, help="score only the first N tokens of the stream")
+    parser.add_argument("--stride", type=_positive, default=None,
+                        help="with --sliding: scored tokens per window (default 1: the paper's)")
+    parser.add_argument("--max-tokens", type=_positive, default=None,
+                        help="score only the first N tokens of the stream")
     parser.add_argument("--batch-size", type=_positive, default=1)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -165,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate every model at every length and write the report."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .data import encode_corpus
-    from .tokenization import encode_file
+    from ..tokenization import encode_file
+    from ..training.data import encode_corpus
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -82,7 +82,9 @@ class CorpusPerplexity(evaluate.Metric):
     ) -> dict[str, float | int]:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_id or model_id)
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            model_id, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+        )
         lines = [line for text in predictions for line in split_lines(text)]
         result = evaluate_perplexity(
             model,

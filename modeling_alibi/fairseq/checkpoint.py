@@ -99,7 +99,9 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     cfg, legacy = _config_of(state, path)
     model_cfg = cfg.get("model")
     if not isinstance(model_cfg, dict):
-        raise CheckpointError(f"{path}: cfg['model'] should be a dict of model options, got {type(model_cfg).__name__}.")
+        raise CheckpointError(
+            f"{path}: cfg['model'] should be a dict of model options, got {type(model_cfg).__name__}."
+        )
     state_dict = state["model"]
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -172,7 +174,9 @@ def parse_cutoffs(value: str | list[int] | tuple[int, ...] | None) -> list[int] 
         try:
             return [int(part) for part in value.split(",")]
         except ValueError:
-            raise ValueError(f"Bad cutoff list {value!r}: expected comma-separated integers like '20000,60000'.") from None
+            raise ValueError(
+                f"Bad cutoff list {value!r}: expected comma-separated integers like '20000,60000'."
+            ) from None
     return [int(v) for v in value]
 
 

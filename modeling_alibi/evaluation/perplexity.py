@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..fairseq.eval_lm import eval_lm_windows
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -40,26 +42,6 @@ class PerplexityResult:
         return asdict(self)
 
 
-def eval_lm_windows(num_tokens: int, tokens_per_sample: int, context_window: int = 0) -> Iterator[tuple[int, int, int]]:
-    """Yield `(context_start, block_start, end)` stream positions of each fairseq-eval-lm window.
-
-    Block k scores targets S[block_start:end] (B = tokens_per_sample - context_window of them, fewer in
-    the last block). Its model input is S_in[context_start:end], where S_in is the stream shifted right
-    by one with `</s>` first, and the first `block_start - context_start` (<= context_window) inputs are
-    context only (fairseq's LMContextWindowDataset keeps the last `context_window` inputs).
-    """
-    if context_window < 0:
-        raise ValueError(f"context_window={context_window} must be >= 0.")
-    if tokens_per_sample <= context_window:
-        raise ValueError(
-            f"context_window={context_window} must be smaller than tokens_per_sample={tokens_per_sample}: each "
-            "window scores tokens_per_sample - context_window tokens (use context_window = L - 1 for sliding)."
-        )
-    block = tokens_per_sample - context_window
-    for block_start in range(0, num_tokens, block):
-        yield max(0, block_start - context_window), block_start, min(block_start + block, num_tokens)
-
-
 def _window_batches(
     stream: torch.Tensor, windows: Sequence[tuple[int, int, int]], batch_size: int, eos_id: int, pad_id: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
@@ -80,7 +62,10 @@ def _window_batches(
 
 
 def score_tokens(
-    model: torch.nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log p(target_ids[:, t] | input_ids[:, :t+1]) as (b, T) float32; 0 where the target is -100.
 
@@ -183,7 +168,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Arguments of `alibi-lm eval-ppl`; pass a subparser to add them to it."""
     parser = parser or argparse.ArgumentParser(prog="alibi-lm eval-ppl", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="Model folder or Hub id (loaded with AutoModelForCausalLM).")
-    parser.add_argument("--data", required=True, help="Text file (or .xz/.gz/.bz2); every line is encoded and followed by </s>.")
+    parser.add_argument("--data", required=True,
+                        help="Text file (or .xz/.gz/.bz2); every line is encoded and followed by </s>.")
     parser.add_argument("--tokens-per-sample", type=int, required=True, help="Window length L.")
     parser.add_argument("--context-window", type=int, default=0, help="Context-only tokens per window (L-1: sliding).")
     parser.add_argument("--batch-size", type=int, default=1, help="Windows per forward pass.")
@@ -198,11 +184,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> int:
     """`alibi-lm eval-ppl MODEL --data FILE --tokens-per-sample L [...]`; returns the exit status."""
-    # Imported here so `import modeling_alibi.evaluation` stays light. Importing this module already ran
+    # Imported here so `import modeling_alibi.evaluation.perplexity` stays light. Importing this module already ran
     # the package __init__, which registers the "alibi" model type with the Auto classes.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .tokenization import encode_file
+    from ..tokenization import encode_file
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -222,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         progress=not args.no_progress,
     )
-    settings = {k: getattr(args, k) for k in ("model", "data", "tokens_per_sample", "context_window", "batch_size", "dtype")}
+    settings = {
+        k: getattr(args, k) for k in ("model", "data", "tokens_per_sample", "context_window", "batch_size", "dtype")
+    }
     print(format_result_table(result, settings))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({**settings, "device": device, **result.to_dict()}, indent=2) + "\n")
@@ -245,7 +233,6 @@ __all__ = [
     "CORPUS_PERPLEXITY_METRIC_PATH",
     "PerplexityResult",
     "build_parser",
-    "eval_lm_windows",
     "evaluate_perplexity",
     "format_result_table",
     "main",

@@ -1,0 +1,66 @@
+"""Training tooling: run arguments and presets, the data pipeline (tokenizers, packed blocks), the Accelerate training
+loop (`alibi-lm train`) and fine-tuning with `transformers.Trainer` (`alibi-lm finetune`)."""
+
+from .arguments import PRESETS, TrainArguments, parse_args
+from .data import (
+    SPECIAL_TOKENS,
+    TextSource,
+    build_lm_dataset,
+    collate_blocks,
+    encode_corpus,
+    expand_files,
+    load_or_train_tokenizer,
+    pack_blocks,
+    read_records,
+    tokenize_records,
+    tokenizer_fingerprint,
+    train_bpe_tokenizer,
+    train_wordlevel_tokenizer,
+)
+from .finetuning import finetune
+from .loop import (
+    build_model,
+    build_optimizer,
+    evaluate,
+    export_model,
+    get_dataloaders,
+    get_tokenizer,
+    main,
+    resume_from_checkpoint,
+    save_checkpoint,
+    total_steps,
+    train,
+    train_loop,
+)
+
+__all__ = [
+    "PRESETS",
+    "SPECIAL_TOKENS",
+    "TextSource",
+    "TrainArguments",
+    "build_lm_dataset",
+    "build_model",
+    "build_optimizer",
+    "collate_blocks",
+    "encode_corpus",
+    "evaluate",
+    "export_model",
+    "expand_files",
+    "finetune",
+    "get_dataloaders",
+    "get_tokenizer",
+    "load_or_train_tokenizer",
+    "main",
+    "pack_blocks",
+    "parse_args",
+    "read_records",
+    "resume_from_checkpoint",
+    "save_checkpoint",
+    "tokenize_records",
+    "tokenizer_fingerprint",
+    "total_steps",
+    "train",
+    "train_bpe_tokenizer",
+    "train_loop",
+    "train_wordlevel_tokenizer",
+]
