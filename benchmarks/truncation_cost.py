@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from modeling_alibi.training import encode_corpus  # noqa: E402
 from modeling_alibi.evaluation import evaluate_perplexity  # noqa: E402
+from modeling_alibi.training import encode_corpus  # noqa: E402
 
 
 def main() -> None:
