@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_timing import median_ms  # noqa: E402
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from cuda_timing import median_ms  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi.alibi_attention import flex_attention_forward  # noqa: E402

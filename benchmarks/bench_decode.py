@@ -19,8 +19,9 @@ import statistics
 import time
 
 import torch
-from harness import AlibiForCausalLM, Bench, graph_generate, size
 from transformers import StaticCache
+
+from harness import AlibiForCausalLM, Bench, graph_generate, size
 
 
 def run(bench: Bench) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 import torch
+
 from harness import Bench
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from harness import CACHE_NAME, AlibiForCausalLM, Bench, size
 
 

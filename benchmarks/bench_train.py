@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from harness import Bench
 
 

@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_timing import median_ms  # noqa: E402
-
 import modeling_alibi.alibi_triton_decode as decode  # noqa: E402
 from modeling_alibi.alibi_attention import eager_attention_forward  # noqa: E402
 from modeling_alibi.alibi_mask import AlibiAttentionMask, alibi_slopes  # noqa: E402
+
+from cuda_timing import median_ms  # noqa: E402
 
 GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4))
 REPEAT = 20

@@ -24,8 +24,9 @@ import traceback
 
 import torch
 import transformers
-from cuda_timing import median_s
 from transformers import BloomConfig, BloomForCausalLM, MptConfig, MptForCausalLM
+
+from cuda_timing import median_s
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402

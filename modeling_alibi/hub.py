@@ -133,7 +133,8 @@ def export_for_hub(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         # save_pretrained adds AutoConfig and AutoModelForCausalLM to auto_map; AutoModel is ours to add.
-        model.config.auto_map = {**(getattr(model.config, "auto_map", None) or {}), "AutoModel": "modeling_alibi.AlibiModel"}
+        auto_map = getattr(model.config, "auto_map", None) or {}
+        model.config.auto_map = {**auto_map, "AutoModel": "modeling_alibi.AlibiModel"}
         model.save_pretrained(staging)
         generation_config = model.generation_config or GenerationConfig.from_model_config(model.config)
         generation_config.save_pretrained(staging)

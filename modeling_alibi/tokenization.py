@@ -90,7 +90,7 @@ def encode_lines(tokenizer: PreTrainedTokenizerFast, lines: Iterable[str], appen
     word_level = _word_level_vocab(tokenizer)
     specials = tokenizer.all_special_tokens
     stream: list[int] = []
-    for line, ids in zip(lines, batch):
+    for line, ids in zip(lines, batch, strict=True):
         if word_level is not None and _has_glued_special(line, specials):
             vocab, unk = word_level
             ids = [vocab.get(word, unk) for word in line.split()]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -108,11 +109,14 @@ def fairseq_model_cfg(
     return cfg
 
 
-def fairseq_state_dict_layout(model_cfg: dict[str, Any], vocab_size: int) -> list[tuple[str, tuple[int, ...], str | None]]:
+Layout = list[tuple[str, tuple[int, ...], str | None]]  # (key, shape, tied_to) per state-dict entry
+
+
+def fairseq_state_dict_layout(model_cfg: dict[str, Any], vocab_size: int) -> Layout:
     """(key, shape, tied_to) for every state-dict entry, in fairseq's order. `tied_to` names the
     parameter this key shares (it appears earlier), or "garbage"/"version" for buffers."""
     c = model_cfg
-    d, heads = c["decoder_embed_dim"], c["decoder_attention_heads"]
+    d = c["decoder_embed_dim"]
     in_dim, out_dim, ffn = c["decoder_input_dim"], c["decoder_output_dim"], c["decoder_ffn_embed_dim"]
     adaptive = c["adaptive_input"]
     layout: list[tuple[str, tuple[int, ...], str | None]] = [("decoder.version", (1,), "version")]
@@ -152,7 +156,7 @@ def fairseq_state_dict_layout(model_cfg: dict[str, Any], vocab_size: int) -> lis
     return layout
 
 
-def _adaptive_softmax_layout(c: dict[str, Any], vocab_size: int, out_dim: int) -> list[tuple[str, tuple[int, ...], str | None]]:
+def _adaptive_softmax_layout(c: dict[str, Any], vocab_size: int, out_dim: int) -> Layout:
     bands = _bands(c["adaptive_softmax_cutoff"], vocab_size)
     n_tail = len(bands) - 1
     tied, tie_proj = c["tie_adaptive_weights"], c["tie_adaptive_proj"]
@@ -163,7 +167,10 @@ def _adaptive_softmax_layout(c: dict[str, Any], vocab_size: int, out_dim: int) -
         c1, d0 = bands[0][1], int(c["decoder_input_dim"])
         if d0 != out_dim:
             raise ValueError("The fixtures do not build TiedHeadModule's extra word_proj Linear (input_dim != d_0).")
-        layout += [(p + "head._float_tensor", (1,), "garbage"), (p + "head.word_proj.weight", (c1, d0), f"{emb}.0.0.weight")]
+        layout += [
+            (p + "head._float_tensor", (1,), "garbage"),
+            (p + "head.word_proj.weight", (c1, d0), f"{emb}.0.0.weight"),
+        ]
         layout.append((p + "head.class_proj.weight", (n_tail, out_dim), None))
     else:
         layout.append((p + "head.weight", (bands[0][1] + n_tail, out_dim), None))
@@ -179,7 +186,7 @@ def _bands(cutoff: str, vocab_size: int) -> list[tuple[int, int]]:
     edges = [0] + [int(x) for x in cutoff.split(",")]
     if edges[-1] < vocab_size:
         edges.append(vocab_size)
-    return list(zip(edges[:-1], edges[1:]))
+    return list(pairwise(edges))
 
 
 def fairseq_state_dict(model_cfg: dict[str, Any], vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -358,7 +365,9 @@ def _legacy_args(model_cfg: dict[str, Any], fp16: bool) -> argparse.Namespace:
     )
 
 
-def save_fairseq_checkpoint(path: str | os.PathLike, arch: str = "transformer_lm_wiki103", **kwargs: Any) -> dict[str, Any]:
+def save_fairseq_checkpoint(
+    path: str | os.PathLike, arch: str = "transformer_lm_wiki103", **kwargs: Any
+) -> dict[str, Any]:
     """`make_fairseq_checkpoint(arch, **kwargs)` written with `torch.save`; returns the saved object."""
     state = make_fairseq_checkpoint(arch, **kwargs)
     torch.save(state, path)

@@ -77,7 +77,8 @@ def reference_log_probs(
         x = F.linear(x, sd["decoder.project_out_dim.weight"])
     if _option(cfg, "adaptive_softmax_cutoff") is not None:
         return _adaptive_softmax_log_probs(sd, cfg, x, vocab)
-    weight = sd["decoder.embed_tokens.weight"] if cfg["share_decoder_input_output_embed"] else sd["decoder.output_projection.weight"]
+    tied = cfg["share_decoder_input_output_embed"]
+    weight = sd["decoder.embed_tokens.weight"] if tied else sd["decoder.output_projection.weight"]
     return F.log_softmax(F.linear(x, weight), dim=-1)
 
 
@@ -88,7 +89,7 @@ def _embed(sd: dict[str, torch.Tensor], cfg: dict[str, Any], ids: torch.Tensor, 
     if cfg["adaptive_input"]:
         cuts = _cutoffs(cfg["adaptive_input_cutoff"], vocab)
         x = torch.zeros(*ids.shape, d, dtype=sd["decoder.embed_tokens.embeddings.0.0.weight"].dtype)
-        for b, (lo, hi) in enumerate(zip([0] + cuts[:-1], cuts)):
+        for b, (lo, hi) in enumerate(zip([0] + cuts[:-1], cuts, strict=True)):
             in_band = (ids >= lo) & (ids < hi)
             table = sd[f"decoder.embed_tokens.embeddings.{b}.0.weight"]
             proj = sd[f"decoder.embed_tokens.embeddings.{b}.1.weight"]  # (d, d_b); band 0 has one too

@@ -193,9 +193,9 @@ def model_step(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch
 def test_gpu_model_training_step_on_cudnn_is_as_close_to_fp32_as_flex(monkeypatch, compiled):
     """A bf16 model's training step runs cuDNN in every layer (compiled too), and its loss and gradients are as
     close to the fp32 eager model's as the same bf16 model's on flex (2x flex's error, plus a floor)."""
-    from conftest import model_pair
-
     import modeling_alibi.alibi_attention as attention
+
+    from conftest import model_pair
 
     reference, fast = model_pair(8, "flex_attention", initializer_range=0.1)  # head dim 64
     fast.to(torch.bfloat16)

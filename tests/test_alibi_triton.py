@@ -153,9 +153,9 @@ def test_interpreted_kernel_matches_float64_reference(name, interpreted):
     expected = reference_with_grads(inputs, torch.float64)
     # fp32 tiles multiply exactly in numpy; fp16 rounds P and dS to 11 bits before the second matmuls.
     tolerance = dict(atol=2e-5, rtol=1e-4) if case.dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
-    for label, actual, reference in zip(("out", "dq", "dk", "dv"), interpreted[name], expected):
+    for label, actual, reference in zip(("out", "dq", "dk", "dv"), interpreted[name], expected, strict=True):
         assert actual.dtype == case.dtype, label
-        assert_close(actual.double(), reference, **tolerance, msg=lambda m: f"{name} {label}: {m}")
+        assert_close(actual.double(), reference, **tolerance, msg=lambda m, label=label: f"{name} {label}: {m}")
 
 
 def test_output_keeps_query_layout(interpreted):
@@ -225,7 +225,7 @@ class TestOnCuda:
         actual = (out, q.grad, k.grad, v.grad)
         expected = reference_with_grads(inputs, torch.float32)
         low_precision = reference_with_grads(inputs, torch.bfloat16)
-        for label, a, e, lp in zip(("out", "dq", "dk", "dv"), actual, expected, low_precision):
+        for label, a, e, lp in zip(("out", "dq", "dk", "dv"), actual, expected, low_precision, strict=True):
             assert a.dtype == torch.bfloat16 and torch.isfinite(a).all(), label
             error = (a.float() - e).abs().max().item()
             allowed = 2 * (lp.float() - e).abs().max().item() + 1e-3 * e.abs().max().item() + 1e-5

@@ -67,7 +67,8 @@ def _reference_flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softma
     outs = []
     for n in range(len(cu_q) - 1):
         qs, ks = slice(cu_q[n], cu_q[n + 1]), slice(cu_k[n], cu_k[n + 1])
-        outs.append(_reference_flash(q[None, qs], k[None, ks], v[None, ks], dropout_p, softmax_scale, causal, alibi_slopes)[0])
+        out = _reference_flash(q[None, qs], k[None, ks], v[None, ks], dropout_p, softmax_scale, causal, alibi_slopes)
+        outs.append(out[0])
     return torch.cat(outs)
 
 
@@ -236,7 +237,10 @@ def test_unpadded_inference_runs_the_triton_kernel(forced_flex, overrides, offse
 
 @pytest.mark.parametrize(
     "case",
-    ["padded", "grad-enabled", "frozen-embeddings", "fp32", "rotary", "learned", "windowed", "truncated", "switched-off"],
+    [
+        "padded", "grad-enabled", "frozen-embeddings", "fp32", "rotary", "learned", "windowed", "truncated",
+        "switched-off",
+    ],
 )
 def test_other_calls_keep_flex(forced_flex, monkeypatch, case):
     """Padded batches, calls that need gradients, fp32, the non-ALiBi baselines, windows and ALiBi truncation
@@ -401,7 +405,10 @@ def model(dtype, overrides):
 
 def decode(model, kind, prompt, mask, new, compiled=False):
     slots = prompt.shape[1] + new.shape[1] + 5
-    cache = StaticCache(config=model.config, max_cache_len=slots) if kind == "static" else DynamicCache(config=model.config)
+    if kind == "static":
+        cache = StaticCache(config=model.config, max_cache_len=slots)
+    else:
+        cache = DynamicCache(config=model.config)
     width = lambda seen: slots if kind == "static" else seen
     full = torch.cat([mask, torch.ones_like(new)], 1)
     padded = lambda seen: torch.nn.functional.pad(full[:, :seen], (0, width(seen) - seen))
@@ -613,5 +620,5 @@ def test_gpu_compiled_training_step_matches_eager(dtype):
     # One scale for all gradients: some are zero in exact arithmetic (the key bias shifts a whole softmax row),
     # so their rounding noise cannot be compared relative to itself.
     scale = max(p.grad.abs().max() for p in eager.parameters())
-    for (name, expected), actual in zip(eager.named_parameters(), compiled_model.parameters()):
+    for (name, expected), actual in zip(eager.named_parameters(), compiled_model.parameters(), strict=True):
         assert_close(actual.grad / scale, expected.grad / scale, **tolerance, msg=name)

@@ -44,7 +44,8 @@ def test_unknown_command_exits_2_with_usage(capsys) -> None:
     assert main(["frobnicate", "--x"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("alibi-lm: unknown command 'frobnicate'") and "usage: alibi-lm COMMAND" in captured.err
+    assert captured.err.startswith("alibi-lm: unknown command 'frobnicate'")
+    assert "usage: alibi-lm COMMAND" in captured.err
 
 
 def test_console_script_is_installed() -> None:
@@ -63,7 +64,8 @@ def test_console_script_is_installed() -> None:
 def converted(tmp_path_factory) -> dict:
     """A fairseq transformer_lm_wiki103 fixture (adaptive input/softmax, tied) converted through the CLI."""
     root = tmp_path_factory.mktemp("cli")
-    state = save_fairseq_checkpoint(root / "checkpoint_best.pt", "transformer_lm_wiki103", heads=4, tokens_per_sample=16)
+    checkpoint = root / "checkpoint_best.pt"
+    state = save_fairseq_checkpoint(checkpoint, "transformer_lm_wiki103", heads=4, tokens_per_sample=16)
     words = write_fixture_dict(root / "dict.txt", 104)
     argv = ["convert-fairseq", str(root / "checkpoint_best.pt"), "--dict", str(root / "dict.txt"),
             "--output", str(root / "hf"), "--verify"]
@@ -89,7 +91,8 @@ def test_convert_fairseq_folder_loads_with_auto_classes(converted, capsys) -> No
 @pytest.mark.parametrize("suffix", list(OPENERS))
 def test_eval_ppl_prints_table_and_writes_json(converted, tmp_path, capsys, suffix) -> None:
     rng = random.Random(0)
-    lines = [" ".join(rng.choice(converted["words"] + ["unseen"]) for _ in range(rng.randint(0, 12))) for _ in range(30)]
+    words = converted["words"] + ["unseen"]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(30)]
     data = tmp_path / f"test{suffix}"
     with OPENERS[suffix](data, "wt", encoding="utf-8") as f:  # blank lines included: each is a lone </s>
         f.write("\n".join(lines) + "\n")

@@ -9,7 +9,8 @@ def test_demo_end_to_end_with_few_steps(tmp_path, capsys):
     assert cli_main(["demo", "--output", str(tmp_path), "--steps", "15", "--eval-tokens", "2048"]) == 0
     printed = capsys.readouterr().out
     points = json.loads((tmp_path / "extrapolation" / "extrapolation.json").read_text())
-    assert {(p["model"], p["length"]) for p in points} == {(m, n) for m in ("alibi", "sinusoidal") for n in (64, 128, 256, 512)}
+    expected = {(m, n) for m in ("alibi", "sinusoidal") for n in (64, 128, 256, 512)}
+    assert {(p["model"], p["length"]) for p in points} == expected
     assert (tmp_path / "extrapolation" / "extrapolation.png").stat().st_size > 1024
     for encoding in ("alibi", "sinusoidal"):
         config = json.loads((tmp_path / encoding / "final" / "config.json").read_text())

@@ -142,8 +142,9 @@ def test_evaluate_lengths_checks_stride(setup) -> None:
 
 def test_document_text_mode_scores_the_training_stream(setup, tmp_path) -> None:
     """--text-mode document reads the data as training did: one end-of-sequence per blank-line-separated record."""
-    from modeling_alibi.training import encode_corpus
     from transformers import AutoTokenizer
+
+    from modeling_alibi.training import encode_corpus
 
     argv = ["extrapolate", f"small={setup['models']['small']}", "--data", str(setup["data"]), "--lengths", "32",
             "--text-mode", "document", "--device", "cpu", "--output", str(tmp_path), "--no-progress"]

@@ -10,13 +10,14 @@ therefore gives different logits from eager. The real kernels are tested against
 
 import pytest
 import torch
-from conftest import tiny_model
 from torch.testing import assert_close
 from transformers import DynamicCache
 
 import modeling_alibi.alibi_attention as attention
 from modeling_alibi.alibi_attention import KernelCall, choose_kernel
 from modeling_alibi.alibi_mask import AlibiAttentionMask, alibi_slopes
+
+from conftest import tiny_model
 
 HALF = (torch.float16, torch.bfloat16)
 

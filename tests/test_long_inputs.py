@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from test_attention_backends import _reference_flash, batch_with_padding
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.cache_utils import DynamicSlidingWindowLayer, StaticSlidingWindowLayer
@@ -11,7 +12,6 @@ from modeling_alibi import AlibiConfig, AlibiForCausalLM
 from modeling_alibi.modeling_alibi import output_cache
 
 from conftest import model_pair, tiny_config, tiny_model
-from test_attention_backends import _reference_flash, batch_with_padding
 from test_generation import left_padded
 
 HEADS = [pytest.param(4, id="h4"), pytest.param(6, id="h6")]

@@ -48,7 +48,9 @@ def test_auto_classes_resolve_to_ours(tmp_path):
     assert type(AutoModel.from_pretrained(tmp_path)) is AlibiModel
 
 
-@pytest.mark.parametrize("overrides", [{}, ADAPTIVE, UNTIED_ADAPTIVE], ids=["plain", "adaptive-tied", "adaptive-untied"])
+@pytest.mark.parametrize(
+    "overrides", [{}, ADAPTIVE, UNTIED_ADAPTIVE], ids=["plain", "adaptive-tied", "adaptive-untied"]
+)
 def test_save_load_round_trip_is_exact(tmp_path, overrides):
     model = tiny_model(6, **overrides)
     model.save_pretrained(tmp_path)

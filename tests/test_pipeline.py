@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from modeling_alibi.training import train_bpe_tokenizer
 from modeling_alibi.hub import export_for_hub
+from modeling_alibi.training import train_bpe_tokenizer
 
 from conftest import tiny_model
 
@@ -56,7 +56,8 @@ def test_batched_pipeline_equals_one_prompt_at_a_time(folder: Path) -> None:
     generator = pipeline("text-generation", model=str(folder), tokenizer=str(folder))
     single = [generator(prompt, **GREEDY)[0]["generated_text"] for prompt in PROMPTS]
     batched = [out[0]["generated_text"] for out in generator(PROMPTS, batch_size=3, **GREEDY)]
-    assert all(text.startswith(prompt) and len(text) > len(prompt) for text, prompt in zip(single, PROMPTS))
+    pairs = zip(single, PROMPTS, strict=True)
+    assert all(text.startswith(prompt) and len(text) > len(prompt) for text, prompt in pairs)
     assert batched == single
 
 

@@ -8,10 +8,11 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_model
 
 from modeling_alibi.cli import main as cli_main
 from modeling_alibi.hub import PAYLOAD, export_for_hub
+
+from conftest import tiny_model
 
 # Runs in a fresh interpreter: `modeling_alibi` cannot be imported there, so only the exported files can serve.
 # With an argv[3] of "no-triton", triton is missing too (a CPU-only torch build, macOS): the import check that
@@ -40,7 +41,8 @@ LOAD_HIDDEN = textwrap.dedent(
                       "kernels": [name for name in ("alibi_flash_attention", "alibi_decode_attention")
                                   if getattr(attention, name) is not None],
                       "logits": model(ids).logits.tolist(),
-                      "generated": model.generate(ids, max_new_tokens=30, min_new_tokens=30, do_sample=False).tolist()}))
+                      "generated": model.generate(ids, max_new_tokens=30, min_new_tokens=30,
+                                                  do_sample=False).tolist()}))
     """
 )
 

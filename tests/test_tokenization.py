@@ -145,9 +145,10 @@ def test_save_tokenizer_writes_left_padding_and_leaves_the_tokenizer_alone(tmp_p
 
 
 def test_every_tokenizer_we_build_or_export_pads_on_the_left(tmp_path, wt103_tokenizer) -> None:
-    from conftest import tiny_model
-    from modeling_alibi.training import train_bpe_tokenizer, train_wordlevel_tokenizer
     from modeling_alibi.hub import export_for_hub
+    from modeling_alibi.training import train_bpe_tokenizer, train_wordlevel_tokenizer
+
+    from conftest import tiny_model
 
     lines = ["the cat sat", "on the mat", "the end"]
     bpe = train_bpe_tokenizer(lines, vocab_size=280)

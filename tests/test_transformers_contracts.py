@@ -257,5 +257,5 @@ def test_gpu_packed_rows_train_like_eager(implementation, compiled):
         out.loss.backward()
         losses.append(out.loss)
     assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
-    for (name, expected), actual in zip(reference.named_parameters(), fast.parameters()):
+    for (name, expected), actual in zip(reference.named_parameters(), fast.parameters(), strict=True):
         assert_close(actual.grad, expected.grad, atol=1e-4, rtol=1e-3, msg=name)

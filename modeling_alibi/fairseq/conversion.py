@@ -12,6 +12,7 @@ import argparse
 import logging
 import math
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +331,7 @@ def fairseq_log_probs(
     if opt("adaptive_input"):
         edges = [0, *_without_vocab(opt("adaptive_input_cutoff"), vocab), vocab]
         x = ids.new_zeros(*ids.shape, d, dtype=torch.float64)
-        for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        for b, (lo, hi) in enumerate(pairwise(edges)):
             rows = (ids >= lo) & (ids < hi)
             x[rows] = F.linear(
                 sd[f"decoder.embed_tokens.embeddings.{b}.0.weight"][ids[rows] - lo],

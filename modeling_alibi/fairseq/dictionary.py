@@ -75,7 +75,7 @@ class FairseqDictionary:
         return d
 
     def save(self, path: PathLike) -> None:
-        write_fairseq_dictionary(list(zip(self.symbols[4:], self.counts[4:])), path)
+        write_fairseq_dictionary(list(zip(self.symbols[4:], self.counts[4:], strict=True)), path)
 
 
 def _parse_dict_line(raw: str, lineno: int, source: str) -> tuple[str, int, bool]:

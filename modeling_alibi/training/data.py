@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 TextMode = Literal["line", "document"]
 TokenizerKind = Literal["bpe", "wordlevel"]
 # fairseq Dictionary order (ids 0-3), so AlibiConfig's default bos/pad/eos ids (0/1/2) hold for both kinds.
-SPECIAL_TOKENS = dict(zip(("bos_token", "pad_token", "eos_token", "unk_token"), SPECIAL_SYMBOLS))
+SPECIAL_TOKENS = dict(zip(("bos_token", "pad_token", "eos_token", "unk_token"), SPECIAL_SYMBOLS, strict=True))
 CACHE_VERSION = 1  # bump when the packing or the cache layout changes, so stale caches are not reused
 MIN_BYTES_PER_PROCESS = 4 << 20  # below this much text per worker, process start-up costs more than it saves
 
