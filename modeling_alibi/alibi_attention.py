@@ -59,8 +59,8 @@ DECODE_MAX_QUERY_LEN = 16
 # Set False to always use flex (for comparisons).
 TRITON_INFERENCE = True
 # Training, scoring and whole-prompt prefill run on cuDNN's fused ALiBi (alibi_cudnn.py) where it computes the
-# call exactly and nvidia-cudnn-frontend is installed (`alibi-lm[cudnn]`): forward+backward at 0.90x of unbiased
-# SDPA at 16K tokens on an H200, against flex's 0.37x. Set False to compare with the other kernels.
+# call exactly and nvidia-cudnn-frontend is installed (`alibi-lm[cudnn]`): forward+backward at 0.91x of unbiased
+# SDPA at 16K tokens on an H200, against flex's 0.38x (benchmarks/cudnn_bench.py). Set False to compare.
 CUDNN_ALIBI = True
 
 
@@ -316,7 +316,7 @@ KERNEL_RULES: tuple[tuple[str, tuple[str, ...], Callable[[KernelCall], bool]], .
     # kernel          implementations          condition
     ("eager",         ("eager",),              _always),
     ("flash",         ("flash_attention_2",),  _always),
-    ("cudnn",         _SDPA_FLEX,              _cudnn_exact),  # training and prefill; fwd+bwd 0.90x of unbiased
+    ("cudnn",         _SDPA_FLEX,              _cudnn_exact),  # training and prefill; fwd+bwd 0.91x of unbiased
     ("triton",        ("flex_attention",),     _triton_prompt),  # inference; 0.79x of unbiased flash vs flex's 0.50x
     ("flex",          ("flex_attention",),     _flex_sized),  # CUDA, >= FLEX_MIN_QUERY_LEN queries
     ("triton_decode", _SDPA_FLEX,              _triton_decode_step),  # split-K over every SM
