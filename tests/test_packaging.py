@@ -106,3 +106,18 @@ def test_installed_wheel_trains_from_its_presets(installed_wheel, tmp_path) -> N
     assert (tmp_path / "run" / "final" / "config.json").is_file()
     site = str(installed_wheel / "modeling_alibi")
     assert site in run.stderr and str(REPO) not in run.stderr  # the wheel's files ran, not the checkout's
+
+
+def test_presets_are_named_from_any_folder(tmp_path, monkeypatch) -> None:
+    """`--config tiny-cpu` and the preset's data/gutenberg-tiny paths resolve to the shipped files anywhere."""
+    from modeling_alibi.training import parse_args, train_bpe_tokenizer
+    from modeling_alibi.training.loop import build_model
+
+    monkeypatch.chdir(tmp_path)
+    for config in ("tiny-cpu", "configuration/train/tiny-cpu.yaml"):
+        args = parse_args(["--config", config])
+        assert args.train_files == [str(REPO / "data" / "gutenberg-tiny" / "train.txt")]
+        assert args.validation_files == [str(REPO / "data" / "gutenberg-tiny" / "valid.txt")]
+    args.model = "no-such-preset"
+    with pytest.raises(ValueError, match=r"shipped presets \[.*'tiny'"):
+        build_model(args, train_bpe_tokenizer(["a few words of text"], vocab_size=300))
