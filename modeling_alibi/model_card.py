@@ -50,7 +50,7 @@ generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
 print(generator("The old house stood", max_new_tokens=40, do_sample=True, top_p=0.9)[0]["generated_text"])
 ```
 
-The tokenizer pads on the left, as batched generation needs: `generator(prompts, batch_size=8)`.
+{tokenizer_note}
 `AutoTokenizer.from_pretrained("{repo}")` works too, but transformers reads `config.json` first and, without
 `trust_remote_code`, asks whether to run its custom code; `trust_remote_code=False` (or answering no) loads the
 same tokenizer without running any.
@@ -130,7 +130,7 @@ def _eval_results(rows: list[dict], dataset: str) -> list[EvalResult]:
 
 def build_model_card(
     model: PreTrainedModel, name: str, license: str = "apache-2.0", datasets: list[str] | None = None,
-    notes: str = "", evaluation: str | Path | None = None,
+    notes: str = "", evaluation: str | Path | None = None, has_tokenizer: bool = True,
 ) -> ModelCard:
     """The card of `model`; `evaluation` is an extrapolation.json (default: the run's, found by `find_evaluation`)."""
     config = model.config
@@ -151,6 +151,10 @@ def build_model_card(
         size_note=(f"A small model ({size:,} parameters): a demonstration of the method, not a useful writer."
                    if size < 100_000_000 else f"{size:,} parameters; quality depends on the training run."),
         notes=f"\n{notes}\n" if notes else "",
+        tokenizer_note=("The tokenizer pads on the left, as batched generation needs: "
+                        "`generator(prompts, batch_size=8)`."
+                        if has_tokenizer else
+                        "**This folder holds no tokenizer**: load the one the model was trained with instead."),
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
@@ -165,8 +169,10 @@ def write_model_card(
     model: PreTrainedModel, directory: str | Path, name: str, license: str = "apache-2.0",
     datasets: list[str] | None = None, notes: str = "", evaluation: str | Path | None = None,
 ) -> None:
-    """Write README.md, the model card, into `directory`."""
-    build_model_card(model, name, license, datasets, notes, evaluation).save(Path(directory, "README.md"))
+    """Write README.md, the model card, into `directory` (after the tokenizer, whose presence the card states)."""
+    has_tokenizer = Path(directory, "tokenizer_config.json").is_file()
+    card = build_model_card(model, name, license, datasets, notes, evaluation, has_tokenizer)
+    card.save(Path(directory, "README.md"))
 
 
 __all__ = ["build_model_card", "evaluation_rows", "find_evaluation", "write_model_card"]

@@ -55,6 +55,7 @@ def test_card_is_built_from_the_run(tmp_path, tokenizer) -> None:
     assert "| alibi | 128 | 8× | 28.00 |" in text and "| sinusoidal | 32 | 2× | 148.40 |" in text
     assert "`gutenberg-tiny` Trained on sequences of L = 16 tokens." in text
     assert 'pipeline("text-generation"' in text and "## Limitations" in text and "Apache License 2.0" in text
+    assert "pads on the left" in text and "holds no tokenizer" not in text
     assert "pip install alibi-lm" not in text and "not on PyPI" in text
 
 
@@ -63,6 +64,7 @@ def test_card_without_results_says_so(tmp_path) -> None:
     card = ModelCard.load(out / "README.md")
     assert "eval_results" not in card.data.to_dict() and "model-index" not in card.data.to_dict()
     assert "No evaluation results were found" in card.text and "Not recorded with this export" in card.text
+    assert "This folder holds no tokenizer" in card.text and "pads on the left" not in card.text
 
 
 def test_card_python_example_runs(tmp_path, tokenizer) -> None:
