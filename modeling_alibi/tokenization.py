@@ -82,8 +82,8 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: PathLike) -> t
 def _standard_tokenizer_class(path: Path) -> None:
     """Name the class `PreTrainedTokenizerFast` where transformers 5 wrote its alias `TokenizersBackend`.
 
-    Both load tokenizer.json with the standard tokenizers-backed class, but only the first name is known to every
-    transformers release (4.x included), so the folder's tokenizer loads anywhere without the package.
+    transformers 5 loads both names as the same tokenizers-backed class from tokenizer.json; transformers 4 knows
+    only `PreTrainedTokenizerFast`. Either way the folder's tokenizer is a standard class: no remote code.
     """
     if not path.is_file():
         return
