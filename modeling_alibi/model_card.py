@@ -58,8 +58,8 @@ same tokenizer without running any.
 ## Limitations
 
 - {size_note}
-- Perplexity stays flat past the training length only as far as the evaluation above shows; ALiBi lets the model
-  run on long inputs but does not make it use distant context it never learned to use.
+- Quality past the training length is measured only at the lengths in the evaluation table, if any. ALiBi lets the
+  model run on long inputs; it does not make it use distant context it never learned to use.
 - Generated text reflects the training data, with its biases and errors; it is not checked for facts.
 {notes}
 ## License
@@ -109,7 +109,7 @@ def evaluation_rows(path: Path | None, train_seq_len: int | None) -> list[dict]:
 def _evaluation_text(rows: list[dict], train_seq_len: int | None) -> str:
     if not rows:
         return "No evaluation results were found for this export (`alibi-lm extrapolate` writes them)."
-    lines = ["Perplexity (lower is better) against evaluation length, nonoverlapping windows:", "",
+    lines = ["Perplexity (lower is better) at each evaluation length, from the run's extrapolation.json:", "",
              "| model | length | × L | perplexity |", "| --- | --- | --- | --- |"]
     for r in rows:
         multiple = f"{r['length'] / train_seq_len:g}×" if train_seq_len else "–"
@@ -140,8 +140,8 @@ def build_model_card(
         tags=["alibi", "causal-lm", "custom_code"], model_name=name,
         eval_results=_eval_results(rows, (datasets or ["custom"])[0]) or None,
     )
-    training = (", ".join(f"`{d}`" for d in datasets) if datasets else "Not recorded with this export "
-                "(`alibi-lm export --dataset NAME` names it).")
+    training = ("Datasets: " + ", ".join(f"`{d}`" for d in datasets) + "." if datasets else
+                "Not recorded with this export (`alibi-lm export --dataset NAME` names it).")
     if config.train_seq_len:
         training += f" Trained on sequences of L = {config.train_seq_len} tokens."
     size = model.num_parameters()

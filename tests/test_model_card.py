@@ -53,7 +53,7 @@ def test_card_is_built_from_the_run(tmp_path, tokenizer) -> None:
     assert "| training length L | 16 tokens (not a length cap) |" in text
     assert f"| parameters | {model.num_parameters():,} |" in text
     assert "| alibi | 128 | 8× | 28.00 |" in text and "| sinusoidal | 32 | 2× | 148.40 |" in text
-    assert "`gutenberg-tiny` Trained on sequences of L = 16 tokens." in text
+    assert "Datasets: `gutenberg-tiny`. Trained on sequences of L = 16 tokens." in text
     assert 'pipeline("text-generation"' in text and "## Limitations" in text and "Apache License 2.0" in text
     assert "pads on the left" in text and "holds no tokenizer" not in text
     assert "pip install alibi-lm" not in text and "not on PyPI" in text
