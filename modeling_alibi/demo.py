@@ -16,12 +16,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .evaluation import evaluate_lengths, markdown_table, write_report
+from .resources import resource_path
 from .training import encode_corpus, parse_args, train
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "data" / "gutenberg-tiny"
+CORPUS = resource_path("data", "gutenberg-tiny")  # shipped in the wheel, or the checkout's data/
 ENCODINGS = ("alibi", "sinusoidal")
 
 
@@ -29,7 +29,7 @@ def train_models(output: Path, steps: int | None) -> dict[str, Path]:
     """Both models share the preset, seed, data and tokenizer; only the position encoding differs."""
     folders = {}
     for encoding in ENCODINGS:
-        argv = ["--config", str(REPO / "configuration" / "train" / "demo-cpu.yaml"),
+        argv = ["--config", str(resource_path("configuration", "train", "demo-cpu.yaml")),
                 "--train_files", str(CORPUS / "train.txt"), "--validation_files", str(CORPUS / "valid.txt"),
                 "--position_encoding", encoding, "--output_dir", str(output / encoding),
                 "--save_every", "0", "--report_to", "none", "--cache_dir", str(output / "cache")]

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .model_card import write_model_card
 from .tokenization import save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -36,66 +37,6 @@ PAYLOAD = (
     "alibi_triton_decode.py",  # split-K decode kernel
     "alibi_cudnn.py",  # cuDNN's fused ALiBi (optional nvidia-cudnn-frontend)
 )
-
-MODEL_CARD = """---
-library_name: transformers
-pipeline_tag: text-generation
-license: {license}
-tags:
-- alibi
-- causal-lm
-- custom_code
-{datasets}---
-
-# {name}
-
-An ALiBi causal language model ("Train Short, Test Long", Press, Smith & Lewis, ICLR 2022), packaged with
-[alibi-lm](https://pypi.org/project/alibi-lm/). ALiBi adds `-m_h * (i - j)` to each attention score instead of
-using position embeddings, so the model runs on inputs far longer than it was trained on.
-
-| field | value |
-| --- | --- |
-| parameters | {parameters:,} |
-| layers / width / heads | {layers} / {hidden} / {heads} |
-| vocabulary | {vocab:,} |
-| trained on sequences of | {train_seq_len} tokens (not a length cap) |
-| position encoding | {position_encoding} |
-
-## Use
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)
-```
-
-With `pip install alibi-lm` and `import modeling_alibi`, `trust_remote_code` is not needed.
-{notes}"""
-
-
-def write_model_card(
-    model: PreTrainedModel, directory: str | Path, name: str, license: str = "apache-2.0",
-    datasets: list[str] | None = None, notes: str = "",
-) -> None:
-    """Write README.md with Hub metadata and a summary of the architecture."""
-    config = model.config
-    dataset_lines = "".join(f"- {d}\n" for d in datasets or [])
-    card = MODEL_CARD.format(
-        license=license,
-        datasets=f"datasets:\n{dataset_lines}" if dataset_lines else "",
-        name=name,
-        repo=name,
-        parameters=model.num_parameters(),
-        layers=config.num_hidden_layers,
-        hidden=config.hidden_size,
-        heads=config.num_attention_heads,
-        vocab=config.vocab_size,
-        train_seq_len=config.train_seq_len or "an unrecorded number of",
-        position_encoding=config.position_encoding,
-        notes=f"\n{notes}\n" if notes else "",
-    )
-    Path(directory, "README.md").write_text(card, encoding="utf-8")
-
 
 def export_for_hub(
     model: PreTrainedModel,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import json
 import logging
 import lzma
 import os
@@ -67,13 +68,29 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: PathLike) -> t
     side, init_side = tokenizer.padding_side, tokenizer.init_kwargs.get("padding_side", missing)
     tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = PADDING_SIDE
     try:
-        return tokenizer.save_pretrained(directory)
+        files = tokenizer.save_pretrained(directory)
+        _standard_tokenizer_class(Path(directory) / "tokenizer_config.json")
+        return files
     finally:
         tokenizer.padding_side = side
         if init_side is missing:
             del tokenizer.init_kwargs["padding_side"]
         else:
             tokenizer.init_kwargs["padding_side"] = init_side
+
+
+def _standard_tokenizer_class(path: Path) -> None:
+    """Name the class `PreTrainedTokenizerFast` where transformers 5 wrote its alias `TokenizersBackend`.
+
+    transformers 5 loads both names as the same tokenizers-backed class from tokenizer.json; transformers 4 knows
+    only `PreTrainedTokenizerFast`. Either way the folder's tokenizer is a standard class: no remote code.
+    """
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def encode_lines(tokenizer: PreTrainedTokenizerFast, lines: Iterable[str], append_eos: bool = True) -> list[int]:

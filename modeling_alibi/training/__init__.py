@@ -1,7 +1,7 @@
 """Training tooling: run arguments and presets, the data pipeline (tokenizers, packed blocks), the Accelerate training
 loop (`alibi-lm train`) and fine-tuning with `transformers.Trainer` (`alibi-lm finetune`)."""
 
-from .arguments import PRESETS, TrainArguments, parse_args
+from .arguments import TrainArguments, parse_args
 from .data import (
     SPECIAL_TOKENS,
     TextSource,
@@ -34,7 +34,6 @@ from .loop import (
 )
 
 __all__ = [
-    "PRESETS",
     "SPECIAL_TOKENS",
     "TextSource",
     "TrainArguments",

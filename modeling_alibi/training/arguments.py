@@ -1,7 +1,8 @@
 """Train an ALiBi language model with Accelerate: `TrainArguments`, read by `parse_args` from flags and YAML presets.
 
 A training preset (configuration/train/*.yaml) sets TrainArguments fields by name; command-line flags override
-it. `model` names a model preset in configuration/models/ (`PRESETS`), a config JSON file or a saved model.
+it. `model` names a model preset in configuration/models/, a config JSON file or a saved model. The presets ship
+with the package (`modeling_alibi.resources`), and relative paths that do not exist locally are looked up there.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from typing import Any, Literal
 import yaml
 from transformers import HfArgumentParser
 
-REPO = Path(__file__).resolve().parents[2]
-PRESETS = REPO / "configuration" / "models"
+from ..resources import local_or_shipped, preset_names
 
 
 @dataclass
@@ -112,12 +112,23 @@ class TrainArguments:
 def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """Parse command-line flags; `--config file.yaml` supplies defaults that the flags then override."""
     parser = HfArgumentParser(TrainArguments, description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, help="YAML file of TrainArguments fields; command-line flags win.")
+    parser.add_argument("--config", type=_config_path, help="YAML file of TrainArguments fields, or the name of a "
+                        f"shipped preset ({', '.join(preset_names('train'))}); command-line flags win.")
     known, _ = parser.parse_known_args(argv)
     if known.config is not None:
         parser.set_defaults(**_yaml_defaults(parser, known.config))
     args, _ = parser.parse_args_into_dataclasses(argv)
+    # The shipped presets name the shipped corpus relative to a checkout (data/gutenberg-tiny/...).
+    args.train_files = [local_or_shipped(path) for path in args.train_files]
+    args.validation_files = [local_or_shipped(path) for path in args.validation_files]
     return args
+
+
+def _config_path(value: str) -> Path:
+    """A YAML path, or a shipped training preset's name (`tiny-cpu`) or relative path (configuration/train/...)."""
+    if not Path(value).suffix and value in preset_names("train"):
+        value = f"configuration/train/{value}.yaml"
+    return Path(local_or_shipped(value))
 
 
 def _yaml_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
@@ -149,4 +160,4 @@ def _convert(action: argparse.Action, value: Any, where: str) -> Any:
     return converted
 
 
-__all__ = ["PRESETS", "TrainArguments", "parse_args"]
+__all__ = ["TrainArguments", "parse_args"]

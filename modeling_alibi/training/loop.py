@@ -29,8 +29,9 @@ from transformers import (
 )
 
 from ..configuration_alibi import AlibiConfig
+from ..resources import preset_names, resource_path
 from ..tokenization import save_tokenizer
-from .arguments import PRESETS, TrainArguments, parse_args
+from .arguments import TrainArguments, parse_args
 from .data import TextSource, build_lm_dataset, collate_blocks, expand_files, load_or_train_tokenizer
 
 try:
@@ -136,10 +137,16 @@ def build_model(args: TrainArguments, tokenizer: PreTrainedTokenizerBase) -> Pre
             raise ValueError(f"{pretrained} has vocab_size={model.config.vocab_size} but the tokenizer has "
                              f"{len(tokenizer)} tokens; train with the model's own tokenizer.")
         return model.train()
-    path = Path(args.model) if args.model.endswith(".json") else PRESETS / f"{args.model}.json"
+    if args.model.endswith(".json"):
+        path = Path(args.model)
+    elif args.model in preset_names("models"):
+        path = resource_path("configuration", "models", f"{args.model}.json")
+    else:
+        raise ValueError(f"model={args.model!r} is not a JSON file, a saved model or one of the shipped presets "
+                         f"{preset_names('models')}.")
     if not path.is_file():
-        presets = sorted(p.stem for p in PRESETS.glob("*.json"))
-        raise ValueError(f"model={args.model!r}: no file {path}. Give a JSON path or one of the presets {presets}.")
+        raise ValueError(f"model={args.model!r}: no file {path}. Give a JSON path or one of the presets "
+                         f"{preset_names('models')}.")
     fields = {**json.loads(path.read_text(encoding="utf-8")), **overrides, "vocab_size": len(tokenizer)}
     if fields.get("position_encoding") == "learned" and not fields.get("max_position_embeddings"):
         fields["max_position_embeddings"] = args.seq_len  # learned positions exist only up to the training length
