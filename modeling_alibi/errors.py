@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -52,3 +54,25 @@ def not_utf8(path: str | os.PathLike, err: UnicodeDecodeError) -> InputError:
         f"{os.fspath(path)} is not UTF-8 text (byte {err.object[err.start:err.start + 1].hex()} at offset "
         f"{err.start} of a read block): convert it, e.g. `iconv -f latin1 -t utf-8`, or pass the right file."
     )
+
+
+def check_input_file(path: str | os.PathLike, flag: str) -> None:
+    """An input file must exist and be a file; said before any work starts."""
+    if not Path(path).is_file():
+        what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise InputError(f"{flag} {os.fspath(path)}: the file {what}.")
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `minimum`, so that argparse names the flag that got a bad value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
