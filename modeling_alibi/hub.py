@@ -12,7 +12,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import InputError, OutputExistsError, UserError, check_model_folder, check_output_free
-from .io_utils import atomic_directory, cleanup_staging, lock_directory
+from .io_utils import atomic_directory, cleanup_staging, lock_directory, pid_alive
 from .tokenization import save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -147,14 +147,42 @@ def export_for_hub(
     output_dir = check_replaceable(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with lock_directory(output_dir.parent, f".{output_dir.name}.lock"):
+        restore_swapped_out(output_dir)  # a kill between --overwrite's two renames left the old folder aside
         cleanup_staging(output_dir.parent)  # what a killed export left: dead writers' .NAME.tmp-/.old- only
         check_replaceable(output_dir, overwrite)  # again, under the lock
-        with atomic_directory(output_dir, overwrite=overwrite) as staging:
-            _write_folder(model, staging, tokenizer, name or output_dir.name, license, datasets, notes)
-            verify_export(model, staging, tokenizer)
-            _set_modes(staging)
+        try:
+            with atomic_directory(output_dir, overwrite=overwrite) as staging:
+                _write_folder(model, staging, tokenizer, name or output_dir.name, license, datasets, notes)
+                verify_export(model, staging, tokenizer)
+                _set_modes(staging)
+        except BaseException:
+            restore_swapped_out(output_dir, own=True)
+            raise
     logger.info("Exported %s", output_dir)
     return output_dir
+
+
+def restore_swapped_out(output_dir: Path, own: bool = False) -> Path | None:
+    """Put back the old folder `--overwrite` renamed aside (`.NAME.old-<pid>-<hex>`) if the new one never arrived.
+
+    Only when `output_dir` is missing, and only a folder whose writer is gone (or this process, with `own`).
+    """
+    if output_dir.exists():
+        return None
+    aside = [
+        p for p in output_dir.parent.glob(f".{output_dir.name}.old-*")
+        if p.is_dir() and _writer_gone(p.name.rsplit(".old-", 1)[1].split("-")[0], own)
+    ]
+    if not aside:
+        return None
+    newest = max(aside, key=lambda p: p.stat().st_mtime)
+    os.rename(newest, output_dir)
+    logger.warning("Restored %s from %s, left by an interrupted --overwrite", output_dir, newest.name)
+    return output_dir
+
+
+def _writer_gone(pid: str, own: bool) -> bool:
+    return pid.isdigit() and (int(pid) == os.getpid() if own else not pid_alive(int(pid)))
 
 
 def _write_folder(
