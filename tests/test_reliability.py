@@ -33,6 +33,7 @@ VOCAB = 104  # the fixture dict.txt's ids
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()  # drop what the test's own setup printed
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
 
@@ -188,7 +189,7 @@ def test_overwrite_never_deletes_files_export_did_not_write(saved, tmp_path, cap
 
 
 def _weights(folder: Path) -> torch.Tensor:
-    return load_file(folder / "model.safetensors")["model.norm.weight"]
+    return load_file(folder / "model.safetensors")["model.layers.0.mlp.fc1.weight"]
 
 
 @pytest.mark.parametrize("fail_at", [1, 2, 3])
