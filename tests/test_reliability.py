@@ -540,3 +540,19 @@ def test_model_inputs_are_checked_with_the_fix(inputs, message) -> None:
     with pytest.raises(ValueError) as info:
         model(**inputs)
     assert message in str(info.value)
+
+
+@pytest.mark.slow
+def test_two_concurrent_export_processes_one_wins_the_other_exits_2(saved, tmp_path) -> None:
+    """Real processes: exactly one publishes; the other is refused (lock held, or the folder exists by then)."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "modeling_alibi.cli", "export", str(saved), "--output", str(out)]
+    runs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted((run.wait(timeout=300), run.stderr.read()) for run in runs)
+    assert [code for code, _ in results] == [0, 2], results
+    last_line = results[1][1].strip().splitlines()[-1]
+    assert last_line.startswith("alibi-lm export: error: ") and ("in use by process" in last_line or "exists" in
+                                                                   last_line), last_line
+    AlibiForCausalLM.from_pretrained(out)
+    assert siblings(out) == ["dict.txt", "out", "src"]
