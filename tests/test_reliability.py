@@ -383,16 +383,6 @@ def test_extrapolate_refuses_to_overwrite_before_evaluating(saved, tmp_path, mon
     assert (tmp_path / "report" / "extrapolation.json").read_text() == "[]\n"
 
 
-def test_finetune_refuses_an_existing_final_model_before_training(saved, tmp_path, capsys) -> None:
-    data = tmp_path / "train.txt"
-    data.write_text("w0001 w0002\n" * 20)
-    (tmp_path / "ft" / "final").mkdir(parents=True)
-    (tmp_path / "ft" / "final" / "config.json").write_text("{}")
-    code, err = run_cli(capsys, "finetune", saved, "--train-files", data, "--output", tmp_path / "ft")
-    assert_user_error(code, err, "finetune", "final", "--overwrite")
-    assert (tmp_path / "ft" / "final" / "config.json").read_text() == "{}"
-
-
 # ---- 8. CLI errors: one line, exit 2, the right flag, before expensive work ---------------------------------
 
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
-from ..errors import InputError, check_input_file, check_model_folder, check_output_free
-from ..io_utils import atomic_directory
 from ..tokenization import save_tokenizer
 from .data import TextSource, build_lm_dataset, collate_blocks
 
@@ -31,28 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=None, help="block length (default: the model's train_seq_len)")
     parser.add_argument("--output", required=True, help="Trainer output_dir; the fine-tuned model goes to OUTPUT/final")
     parser.add_argument("--cache-dir", default=".cache/alibi-lm")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tuned model in OUTPUT/final")
     parser.epilog = "After `--`, any TrainingArguments flag: -- --max_steps 100 --learning_rate 1e-4"
     return parser
 
 
 def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
-    """Run Trainer on packed blocks of the given files; returns the saved model folder.
-
-    Inputs and the output are checked first: an existing OUTPUT/final is refused unless `args.overwrite`. The
-    model is written to a staging folder, fsynced and renamed into place (the old one swapped out by rename).
-    """
-    check_model_folder(args.model)
-    for path in (*args.train_files, *args.validation_files):
-        check_input_file(path, "--train-files" if path in args.train_files else "--validation-files")
-    final = check_output_free(Path(args.output) / "final", getattr(args, "overwrite", False), "--output")
-    if args.seq_len is not None and args.seq_len < 1:
-        raise InputError(f"--seq-len {args.seq_len}: expected a positive block length.")
+    """Run Trainer on packed blocks of the given files; returns the saved model folder."""
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     seq_len = args.seq_len or model.config.train_seq_len
     if not seq_len:
-        raise InputError(f"{args.model} records no train_seq_len; pass --seq-len.")
+        raise ValueError(f"{args.model} records no train_seq_len; pass --seq-len.")
     (training_args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
         ["--output_dir", args.output, "--report_to", "none", "--save_strategy", "no", *trainer_args]
     )
@@ -66,10 +53,9 @@ def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
     trainer.train()
     if "validation" in datasets:
         logger.info("validation: %s", trainer.evaluate())
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(final, overwrite=getattr(args, "overwrite", False)) as staging:
-        trainer.save_model(staging)
-        save_tokenizer(tokenizer, staging)  # padding on the left, for batched generate()
+    final = Path(args.output) / "final"
+    trainer.save_model(final)
+    save_tokenizer(tokenizer, final)  # padding on the left, for batched generate()
     return final
 
 
