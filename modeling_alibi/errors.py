@@ -36,7 +36,7 @@ def check_output_free(path: str | os.PathLike, overwrite: bool, flag: str = "--o
 
 
 def check_model_folder(path: str | os.PathLike, flag: str = "model") -> None:
-    """A path that looks local must be a saved model folder (config.json); a Hub id `org/name` is let through."""
+    """A path that looks local must be a saved model folder (config.json); a Hub id (`org/name`, `name`) passes."""
     text = os.fspath(path)
     if Path(text).is_dir():
         if not Path(text, "config.json").is_file():
@@ -44,7 +44,7 @@ def check_model_folder(path: str | os.PathLike, flag: str = "model") -> None:
         return
     if Path(text).exists():
         raise InputError(f"{flag} {text}: a file, not a model folder (a folder written by save_pretrained or export).")
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", text) or text.startswith("."):
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) or text.startswith("."):
         raise InputError(f"{flag} {text}: no such model folder; check the path (or give a Hub id as org/name).")
 
 
