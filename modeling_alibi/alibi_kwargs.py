@@ -62,6 +62,41 @@ def take_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
     return cache if old_name is None else old_name
 
 
+def check_inputs(
+    input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor | None,
+    vocab_size: int,
+) -> None:
+    """Cheap checks of the inputs, each a ValueError with the fix: shapes and dtypes always; the values (ids
+    inside the vocabulary, a 0/1 mask) only for CPU tensors outside torch.compile, where reading them costs no
+    device sync."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+    if inputs_embeds is not None and inputs_embeds.dim() != 3:
+        raise ValueError(f"inputs_embeds must be (batch, length, width), got shape {tuple(inputs_embeds.shape)}.")
+    values = not torch.compiler.is_compiling()
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be 2-D (batch, length), got shape {tuple(input_ids.shape)}; for one sequence pass "
+                "input_ids[None] (or tokenizer(..., return_tensors='pt'))."
+            )
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; use .long().")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty (length 0): pass at least one token, e.g. the BOS token.")
+        if values and input_ids.device.type == "cpu" and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+            raise ValueError(
+                f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{int(input_ids.min())}, "
+                f"{int(input_ids.max())}]; encode with this model's tokenizer."
+            )
+    if attention_mask is not None and values and attention_mask.device.type == "cpu":
+        if attention_mask.is_complex() or ((attention_mask != 0) & (attention_mask != 1)).any():
+            raise ValueError(
+                "attention_mask must hold only 0 (padding) and 1 (token), got other values; pass the tokenizer's "
+                "attention_mask, or (mask != 0).long()."
+            )
+
+
 def output_cache(outputs: Any) -> Cache | None:
     """The cache a forward returned, read under the installed transformers' name (the old one warns from 5.24 on)."""
     return getattr(outputs, CACHE_NAME)

@@ -5,6 +5,8 @@ Hub payload: imports only torch, the standard library and alibi_adaptive.py.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,10 @@ def causal_lm_loss(
     Targets are `shift_labels` as given, else `labels` shifted by one, as in transformers' ForCausalLMLoss. The
     sum is divided by `num_items_in_batch` when given (the Trainer's gradient accumulation), else by the number of
     targets that count.
+
+    With no target that counts (every label -100) the loss is 0, not 0/0 = NaN: the sum is empty, so it adds
+    nothing to the gradient. A warning says so where the count can be read without a device sync (CPU tensors,
+    outside torch.compile).
     """
     if shift_labels is None:
         targets = labels[:, 1:]  # (b, q - 1): position t predicts t + 1
@@ -44,8 +50,21 @@ def causal_lm_loss(
         nll = -target_log_probs(lm_head, embeddings, hidden_states, targets).sum()
     count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
     if isinstance(count, torch.Tensor):
-        count = count.to(nll.device)
+        if count.device.type == "cpu" and not torch.compiler.is_compiling() and int(count) == 0:
+            _warn_no_targets()
+        count = count.to(nll.device).clamp(min=1)
+    elif count == 0:
+        _warn_no_targets()
+        count = 1
     return nll / count
+
+
+def _warn_no_targets() -> None:
+    warnings.warn(
+        "No label counts toward the loss (all are -100, or only the first position is labelled): the loss is 0. "
+        "Check the labels, or drop such batches.",
+        stacklevel=4,
+    )
 
 
 def target_log_probs(

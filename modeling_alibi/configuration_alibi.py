@@ -5,12 +5,44 @@ This file ships to the Hub as remote code: it imports only the standard library 
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 from transformers import PreTrainedConfig
 
 POSITION_ENCODINGS = ("alibi", "sinusoidal", "rotary", "learned", "none")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
+# Float fields: (lowest, highest, lowest allowed, highest allowed). Every one must also be finite.
+FLOAT_RANGES = {
+    "hidden_dropout": (0.0, 1.0, True, False),
+    "attention_dropout": (0.0, 1.0, True, False),
+    "activation_dropout": (0.0, 1.0, True, False),
+    "adaptive_softmax_dropout": (0.0, 1.0, True, False),
+    "layer_norm_eps": (0.0, math.inf, False, False),
+    "alibi_bias_max": (0.0, math.inf, False, False),
+    "rope_theta": (0.0, math.inf, False, False),
+    "initializer_range": (0.0, math.inf, True, False),
+    "adaptive_input_factor": (0.0, math.inf, False, False),
+    "adaptive_softmax_factor": (0.0, math.inf, False, False),
+}
+# Integer fields that are optional: None, or a positive integer.
+OPTIONAL_SIZES = ("input_embedding_size", "output_embedding_size", "train_seq_len", "max_position_embeddings")
+
+
+def check_float(name: str, value: object, low: float, high: float, low_ok: bool, high_ok: bool) -> None:
+    """Raise ValueError naming `name` and its allowed range unless `value` is a finite number inside it."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    inside = number and math.isfinite(value) and (low <= value if low_ok else low < value)
+    inside = inside and (value <= high if high_ok else value < high)
+    if not inside:
+        interval = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+        raise ValueError(f"{name}={value!r} must be a finite number in {interval}.")
+
+
+def check_optional_size(name: str, value: object) -> None:
+    """Raise ValueError unless `value` is None or a positive integer."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name}={value!r} must be a positive integer or None.")
 
 
 class AlibiConfig(PreTrainedConfig):
@@ -178,25 +210,21 @@ class AlibiConfig(PreTrainedConfig):
         """Raise ValueError naming the offending option and the fix; called once from __init__."""
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} does not divide hidden_size={self.hidden_size}: "
                 "pick a head count that divides the width (each head gets hidden_size // num_attention_heads dims)."
             )
-        for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "adaptive_softmax_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}={value} must lie in [0, 1).")
+        for name, limits in FLOAT_RANGES.items():
+            check_float(name, getattr(self, name), *limits)
+        for name in OPTIONAL_SIZES:
+            check_optional_size(name, getattr(self, name))
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(f"activation_function={self.activation_function!r} is not one of {ACTIVATIONS}.")
         if self.position_encoding not in POSITION_ENCODINGS:
             raise ValueError(f"position_encoding={self.position_encoding!r} is not one of {POSITION_ENCODINGS}.")
-        if self.alibi_bias_max <= 0:
-            raise ValueError(f"alibi_bias_max={self.alibi_bias_max} must be positive (the paper uses 8).")
-        if self.train_seq_len is not None and self.train_seq_len <= 0:
-            raise ValueError(f"train_seq_len={self.train_seq_len} must be a positive length or None.")
         self._validate_long_context()
         if self.position_encoding == "learned" and not self.max_position_embeddings:
             raise ValueError('position_encoding="learned" needs max_position_embeddings (the longest length).')
@@ -218,7 +246,8 @@ class AlibiConfig(PreTrainedConfig):
                 "or None for full causal attention."
             )
         if truncation is not None:
-            if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not truncation > 0:
+            number = isinstance(truncation, (int, float)) and not isinstance(truncation, bool)
+            if not number or not math.isfinite(truncation) or not truncation > 0:
                 raise ValueError(
                     f"alibi_truncation={truncation!r} must be a positive threshold T (e.g. 20: dropped keys carry at "
                     "most e^-20 of the weight) or None to keep every key."

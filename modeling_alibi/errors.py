@@ -2,6 +2,77 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
 
 class UserError(Exception):
     """A problem with the user's input, files or environment; the message names it and says how to fix it."""
+
+
+class InputError(UserError, ValueError):
+    """An input file or folder that is missing, unreadable, or not what the command needs."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output that exists and would be replaced without --overwrite."""
+
+
+def check_output_free(path: str | os.PathLike, overwrite: bool, flag: str = "--output") -> Path:
+    """Refuse an existing output without `overwrite`, and an output whose parent is a file; before any work."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        kind = "folder" if path.is_dir() else "file"
+        raise OutputExistsError(f"{flag} {path}: the {kind} exists; pass --overwrite to replace it, or choose another.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{flag} {path}: {parent} is a file, not a folder; choose another output.")
+            break
+    return path
+
+
+def check_model_folder(path: str | os.PathLike, flag: str = "model") -> None:
+    """A path that looks local must be a saved model folder (config.json); a Hub id (`org/name`, `name`) passes."""
+    text = os.fspath(path)
+    if Path(text).is_dir():
+        if not Path(text, "config.json").is_file():
+            raise InputError(f"{flag} {text}: the folder has no config.json, so it is not a saved model folder.")
+        return
+    if Path(text).exists():
+        raise InputError(f"{flag} {text}: a file, not a model folder (a folder written by save_pretrained or export).")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) or text.startswith("."):
+        raise InputError(f"{flag} {text}: no such model folder; check the path (or give a Hub id as org/name).")
+
+
+def not_utf8(path: str | os.PathLike, err: UnicodeDecodeError) -> InputError:
+    """The error for a file that is not UTF-8 text (binary, or Latin-1 and other legacy encodings)."""
+    return InputError(
+        f"{os.fspath(path)} is not UTF-8 text (byte {err.object[err.start:err.start + 1].hex()} at offset "
+        f"{err.start} of a read block): convert it, e.g. `iconv -f latin1 -t utf-8`, or pass the right file."
+    )
+
+
+def check_input_file(path: str | os.PathLike, flag: str) -> None:
+    """An input file must exist and be a file; said before any work starts."""
+    if not Path(path).is_file():
+        what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise InputError(f"{flag} {os.fspath(path)}: the file {what}.")
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `minimum`, so that argparse names the flag that got a bad value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse

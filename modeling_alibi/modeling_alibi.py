@@ -41,6 +41,7 @@ from .alibi_kwargs import (
     CACHE_NAME,
     AlibiCausalLMKwargs,
     AlibiModelKwargs,
+    check_inputs,
     output_cache,
     reject_unknown,
     take_cache,
@@ -260,8 +261,7 @@ class AlibiModel(AlibiPreTrainedModel):
         """
         cache = take_cache(cache, kwargs)
         reject_unknown(kwargs, AlibiModelKwargs, type(self).__name__)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        check_inputs(input_ids, inputs_embeds, attention_mask, self.config.vocab_size)
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -377,7 +377,8 @@ class AlibiForCausalLM(AlibiPreTrainedModel, AlibiGenerationMixin, GenerationMix
 
         Args:
             labels: Targets (b, q) aligned with `input_ids`; the model shifts them (position t predicts t + 1) and
-                ignores -100. The loss is the mean negative log-likelihood in nats over the targets that count.
+                ignores -100. The loss is the mean negative log-likelihood in nats over the targets that count; with
+                none that counts (all -100) it is 0, with a warning where that is known without a device sync.
             logits_to_keep: 0 keeps every position; an int n keeps the last n; a 1-D tensor keeps those indices.
                 With an adaptive softmax the returned `logits` are full-vocabulary log-probabilities, and when
                 a loss is computed with `logits_to_keep=0` they are not computed at all (None): the loss never

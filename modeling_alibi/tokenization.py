@@ -20,6 +20,8 @@ from pathlib import Path
 from tokenizers import models
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from .errors import not_utf8
+
 logger = logging.getLogger(__name__)
 
 # A decoder-only LM continues the last token of each row, so batched generate() needs prompts padded on the left.
@@ -41,9 +43,12 @@ def read_lines(source: PathLike | io.TextIOBase) -> Iterator[str]:
             yield line.rstrip("\r\n")
         return
     opener = _OPENERS.get(Path(source).suffix.lower(), open)
-    with opener(source, "rt", encoding="utf-8", newline=None) as f:  # universal newlines, like fairseq
-        for line in f:
-            yield line.rstrip("\n")
+    try:
+        with opener(source, "rt", encoding="utf-8", newline=None) as f:  # universal newlines, like fairseq
+            for line in f:
+                yield line.rstrip("\n")
+    except UnicodeDecodeError as error:
+        raise not_utf8(source, error) from None
 
 
 def split_lines(text: str) -> list[str]:

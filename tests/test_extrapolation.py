@@ -118,20 +118,17 @@ def test_report_files_and_numbers(setup, tmp_path, capsys, extra, stride) -> Non
 def test_bad_arguments_exit_2_with_a_clear_message(setup, tmp_path, capsys, args, message) -> None:
     argv = ["extrapolate", str(setup["models"]["small"]), "--data", str(setup["data"]), "--output", str(tmp_path),
             *args]
-    with pytest.raises(SystemExit) as info:
-        cli_main(argv)
-    assert info.value.code == 2
+    assert cli_main(argv) == 2
     err = capsys.readouterr().err
-    assert message in err and "usage: alibi-lm extrapolate" in err
+    assert message in err and err.startswith("alibi-lm extrapolate: error: ") and err.count("\n") == 1
     assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_duplicate_labels_are_refused(setup, tmp_path, capsys) -> None:
     folder = str(setup["models"]["small"])
-    with pytest.raises(SystemExit) as info:
-        cli_main(["extrapolate", folder, folder, "--data", str(setup["data"]), "--lengths", "16",
-                  "--output", str(tmp_path)])
-    assert info.value.code == 2 and "same label" in capsys.readouterr().err
+    assert cli_main(["extrapolate", folder, folder, "--data", str(setup["data"]), "--lengths", "16",
+                     "--output", str(tmp_path)]) == 2
+    assert "same label" in capsys.readouterr().err
 
 
 def test_evaluate_lengths_checks_stride(setup) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import check_input_file, check_model_folder, check_output_free
+from ..io_utils import atomic_write_bytes, atomic_write_text
 from .perplexity import evaluate_perplexity
 
 logger = logging.getLogger(__name__)
@@ -94,24 +97,45 @@ def plot(points: list[ExtrapolationPoint], path: Path, title: str = "Perplexity 
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    atomic_write_bytes(path, image.getvalue())
+
+
+REPORT_KINDS = ("md", "csv", "json", "png")
+
+
+def report_paths(output_dir: str | Path) -> dict[str, Path]:
+    """The report's files: extrapolation.{md,csv,json,png} in `output_dir`."""
+    return {kind: Path(output_dir) / f"extrapolation.{kind}" for kind in REPORT_KINDS}
+
+
+def check_report_free(output_dir: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an earlier report without `overwrite` (the folder itself may hold other files)."""
+    for path in report_paths(output_dir).values():
+        check_output_free(path, overwrite, "--output")
 
 
 def write_report(
-    points: list[ExtrapolationPoint], output_dir: str | Path, caption: str | None = None
+    points: list[ExtrapolationPoint], output_dir: str | Path, caption: str | None = None, overwrite: bool = True
 ) -> dict[str, Path]:
-    """Write extrapolation.{md,csv,json,png} into `output_dir` (`caption` heads the table and titles the plot)."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {kind: output_dir / f"extrapolation.{kind}" for kind in ("md", "csv", "json", "png")}
-    paths["md"].write_text((f"{caption}\n\n" if caption else "") + markdown_table(points) + "\n", encoding="utf-8")
+    """Write extrapolation.{md,csv,json,png} into `output_dir` (`caption` heads the table and titles the plot).
+
+    Each file is written atomically (a temporary sibling, fsynced, renamed). With `overwrite=False` an existing
+    report raises `OutputExistsError` before anything is written.
+    """
+    check_report_free(output_dir, overwrite)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    paths = report_paths(output_dir)
     rows = [asdict(p) for p in points]
-    with paths["csv"].open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["json"].write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(paths["csv"], table.getvalue())
+    atomic_write_text(paths["json"], json.dumps(rows, indent=1) + "\n")
     plot(points, paths["png"], **({"title": caption} if caption else {}))
+    atomic_write_text(paths["md"], (f"{caption}\n\n" if caption else "") + markdown_table(points) + "\n")
     return paths
 
 
@@ -133,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--output", default="outputs/extrapolation", help="folder for the table, CSV, JSON and PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the models' own Hub code")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -184,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     specs = [_model_spec(spec) for spec in args.models]
     if len({name for name, _ in specs}) < len(specs):
         parser.error("two models have the same label; name them with NAME=PATH")
+    for _, path in specs:
+        check_model_folder(path)
+    check_input_file(args.data, "--data")
+    check_report_free(args.output, args.overwrite)  # before the evaluation, not after
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     points = []
     for name, path in specs:
@@ -206,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = {p.num_tokens for p in points}  # models with different tokenizers score different streams
     tokens = f" ({counts.pop():,} tokens)" if len(counts) == 1 else ""
     caption = f"Perplexity on {Path(args.data).name}{tokens}, {mode}"
-    paths = write_report(points, args.output, caption)
+    paths = write_report(points, args.output, caption, overwrite=args.overwrite)
     print(caption + "\n\n" + markdown_table(points))
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import check_input_file, check_model_folder, check_output_free, int_at_least
 from ..fairseq.eval_lm import eval_lm_windows
+from ..io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -170,13 +172,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("model", help="Model folder or Hub id (loaded with AutoModelForCausalLM).")
     parser.add_argument("--data", required=True,
                         help="Text file (or .xz/.gz/.bz2); every line is encoded and followed by </s>.")
-    parser.add_argument("--tokens-per-sample", type=int, required=True, help="Window length L.")
-    parser.add_argument("--context-window", type=int, default=0, help="Context-only tokens per window (L-1: sliding).")
-    parser.add_argument("--batch-size", type=int, default=1, help="Windows per forward pass.")
+    parser.add_argument("--tokens-per-sample", type=int_at_least(1), required=True, help="Window length L.")
+    parser.add_argument("--context-window", type=int_at_least(0), default=0,
+                        help="Context-only tokens per window (L-1: sliding).")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=1, help="Windows per forward pass.")
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     parser.add_argument("--tokenizer", default=None, help="Tokenizer folder or id (default: MODEL).")
     parser.add_argument("--json", dest="json_path", default=None, help="Write the result and settings as JSON here.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing --json file.")
     parser.add_argument("--trust-remote-code", action="store_true", help="Allow the model's own Hub code.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     return parser
@@ -190,7 +194,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..tokenization import encode_file
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.context_window >= args.tokens_per_sample:
+        parser.error(f"--context-window {args.context_window} must be smaller than --tokens-per-sample "
+                     f"{args.tokens_per_sample} (use L - 1 for a sliding window)")
+    check_model_folder(args.model)
+    check_input_file(args.data, "--data")
+    if args.json_path:
+        check_output_free(args.json_path, args.overwrite, "--json")  # before the evaluation, not after
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -213,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(format_result_table(result, settings))
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({**settings, "device": device, **result.to_dict()}, indent=2) + "\n")
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        report = json.dumps({**settings, "device": device, **result.to_dict()}, indent=2) + "\n"
+        atomic_write_text(args.json_path, report)
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # The only global a fairseq checkpoint legitimately needs beyond tensors and builtin containers.
@@ -63,7 +65,7 @@ FAIRSEQ_LM_DEFAULTS: dict[str, Any] = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be read: truncated, corrupt, or not a fairseq checkpoint."""
 
 
@@ -118,11 +120,15 @@ def _safe_torch_load(path: str) -> Any:
         if offending:
             raise UnsafeCheckpointError(
                 f"Refusing to load {path}: its pickle needs the global(s) {', '.join(offending)}, outside the "
-                f"allow-list ({', '.join(_qualname(g) for g in LEGACY_SAFE_GLOBALS)}). Loading it could run "
-                "arbitrary code. Nothing was executed. Only use such a file if you trust its source, and "
-                "re-save its 'cfg'/'args' and 'model' entries as plain dicts and tensors."
+                f"allow-list ({', '.join(_qualname(g) for g in LEGACY_SAFE_GLOBALS)}). It may be malicious: loading "
+                "it could run arbitrary code. Nothing was executed. Only use such a file if you trust its source, "
+                "and re-save its 'cfg'/'args' and 'model' entries as plain dicts and tensors."
             ) from None
-        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({_first_line(err)}).") from None
+        raise CheckpointError(
+            f"Refusing to load {path}: the safe loader stopped at a pickle instruction it does not allow "
+            f"({_refusal_detail(err)}). The file is corrupt, not a PyTorch checkpoint, or crafted to run code (it "
+            "may be malicious); nothing was executed. Download or copy it again from a source you trust."
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(
             f"{path} is truncated or corrupt and cannot be read ({type(err).__name__}: {_first_line(err)}). "
@@ -130,9 +136,17 @@ def _safe_torch_load(path: str) -> Any:
         ) from None
 
 
+def _refusal_detail(err: BaseException) -> str:
+    """torch's reason for refusing, without its boilerplate (which suggests the unsafe loader)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(boilerplate) and "weights_only" not in line]
+    return lines[-1] if lines else "refused"
+
+
 def _unsafe_globals(path: str, message: str) -> list[str]:
     """Names of the refused globals: from torch's own scan of the file when it can, else from the error."""
-    names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    names = re.findall(r"GLOBAL ([\w.]+)", message)
     if not names:
         return []
     try:

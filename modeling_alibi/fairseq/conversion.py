@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..configuration_alibi import AlibiConfig
-from ..hub import DTYPES, export_for_hub
+from ..errors import UserError
+from ..hub import DTYPES, check_replaceable, export_for_hub
 from ..modeling_alibi import AlibiForCausalLM, alibi_slopes
 from .checkpoint import fairseq_model_field, load_fairseq_checkpoint
 from .dictionary import FairseqDictionary, fairseq_tokenizer
@@ -64,24 +65,60 @@ KEY_MAP: list[tuple[str, str | None]] = [
     (r"decoder\.adaptive_softmax\.tail\.(\d+)\.2\.weight", r"lm_head.tails.\1.weight"),
 ]
 _COMPILED = [(re.compile(pattern), target) for pattern, target in KEY_MAP]
+# The one field the ALiBi fork added to the model's dataclass (`max_tokens: int = II("task.max_tokens")`, spec: the
+# fork's one change to transformer_lm.py). Upstream fairseq's cfg['model'] lacks it, and upstream adds sinusoidal
+# (or learned) positions, or none, but never ALiBi.
+FORK_MARKER = "max_tokens"
+
+
+class ConversionError(UserError, ValueError):
+    """A checkpoint this converter cannot turn into an equivalent AlibiForCausalLM; the message says why."""
+
+
+def check_alibi_positions(model_cfg: dict[str, Any], state_dict: dict[str, torch.Tensor], legacy: bool) -> None:
+    """Refuse checkpoints whose positions are not the fork's ALiBi: the converted model would be another one.
+
+    The fork keeps fairseq's position flags but never calls the position module, so `no_token_positional_embeddings
+    =False` (the default) is ALiBi only in a checkpoint the fork wrote; its cfg['model'] holds `FORK_MARKER`.
+    Legacy `args` checkpoints hold every option, so for them only the explicit flags can be checked.
+    """
+    if "decoder.embed_positions.weight" in state_dict:
+        raise ConversionError(
+            "the checkpoint has trained position embeddings (decoder.embed_positions.weight, decoder_learned_pos="
+            f"{fairseq_model_field(model_cfg, 'decoder_learned_pos')!r}): it is not an ALiBi model, and dropping "
+            "them would change its predictions. Only checkpoints of the ALiBi fork convert."
+        )
+    if fairseq_model_field(model_cfg, "decoder_learned_pos"):
+        raise ConversionError(
+            "the checkpoint sets decoder_learned_pos=True (learned position embeddings): it is not an ALiBi model. "
+            "Only checkpoints of the ALiBi fork convert."
+        )
+    if not legacy and FORK_MARKER not in model_cfg:
+        positions = fairseq_model_field(model_cfg, "no_token_positional_embeddings")
+        what = "no position information at all" if positions else "sinusoidal position embeddings"
+        raise ConversionError(
+            f"the checkpoint has no_token_positional_embeddings={positions!r} and its cfg['model'] lacks "
+            f"{FORK_MARKER!r}, the field the ALiBi fork adds: it was written by upstream fairseq, whose model uses "
+            f"{what}, not ALiBi. Only checkpoints of the ALiBi fork convert."
+        )
 
 
 def alibi_config_from_fairseq(model_cfg: dict[str, Any], vocab_size: int) -> AlibiConfig:
     """The `AlibiConfig` equivalent to a fairseq `cfg['model']` (or legacy `vars(args)`)."""
     arch = model_cfg.get("_name") or model_cfg.get("arch")
     if arch not in SUPPORTED_ARCHS:
-        raise ValueError(f"Unsupported fairseq arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}.")
+        raise ConversionError(f"Unsupported fairseq arch {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}.")
 
     def opt(name: str) -> Any:
         return fairseq_model_field(model_cfg, name)
 
     for flag in ("character_embeddings", "layernorm_embedding", "decoder_layers_to_keep"):
         if opt(flag):
-            raise ValueError(
+            raise ConversionError(
                 f"The checkpoint uses fairseq option {flag}={opt(flag)!r}, which AlibiForCausalLM does not implement."
             )
     if opt("activation_fn") not in ACTIVATIONS:
-        raise ValueError(f"activation_fn={opt('activation_fn')!r} is not supported; known: {sorted(ACTIVATIONS)}.")
+        raise ConversionError(f"activation_fn={opt('activation_fn')!r} is not supported; known: {sorted(ACTIVATIONS)}.")
     hidden, in_dim, out_dim = opt("decoder_embed_dim"), opt("decoder_input_dim"), opt("decoder_output_dim")
     softmax_cutoffs = _without_vocab(opt("adaptive_softmax_cutoff"), vocab_size)
     normalize_before = bool(opt("decoder_normalize_before"))
@@ -133,7 +170,7 @@ def checkpoint_vocab_size(state_dict: dict[str, torch.Tensor]) -> int:
         return state_dict["decoder.embed_tokens.weight"].shape[0]
     bands = [v for k, v in state_dict.items() if re.fullmatch(r"decoder\.embed_tokens\.embeddings\.\d+\.0\.weight", k)]
     if not bands:
-        raise ValueError("No input embedding in the checkpoint (decoder.embed_tokens.*): not a transformer_lm?")
+        raise ConversionError("No input embedding in the checkpoint (decoder.embed_tokens.*): not a transformer_lm?")
     return sum(b.shape[0] for b in bands)
 
 
@@ -148,7 +185,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], config: AlibiConfig)
         elif target is not None:
             converted[target] = tensor
     if unknown:
-        raise ValueError(f"Unknown fairseq keys (not a supported transformer_lm layout): {unknown}")
+        raise ConversionError(f"Unknown fairseq keys (not a supported transformer_lm layout): {unknown}")
     _check_tied_copies(state_dict, config)
     _drop_tied(converted, config)
     _split_head(converted, config)
@@ -185,7 +222,9 @@ def _check_tied_copies(state_dict: dict[str, torch.Tensor], config: AlibiConfig)
     # Storage-shared (fp32) or duplicated (fp16 training upcasts each copy): either way they must be equal.
     for copy, source in _tied_copies(config):
         if copy in state_dict and source in state_dict and not torch.equal(state_dict[copy], state_dict[source]):
-            raise ValueError(f"{copy} should be a tied copy of {source} but differs; the checkpoint is inconsistent.")
+            raise ConversionError(
+                f"{copy} should be a tied copy of {source} but differs; the checkpoint is inconsistent."
+            )
 
 
 def _drop_tied(converted: dict[str, torch.Tensor], config: AlibiConfig) -> None:
@@ -219,7 +258,7 @@ def _check_against_model(converted: dict[str, torch.Tensor], config: AlibiConfig
         if k in expected and converted[k].shape != expected[k]
     ]
     if missing or extra or wrong:
-        raise ValueError(
+        raise ConversionError(
             f"The checkpoint does not match its config. Missing: {missing}; unexpected: {extra}; shapes: {wrong}"
         )
 
@@ -262,15 +301,15 @@ def convert_fairseq_checkpoint(
         The output folder (config, safetensors, remote code, tokenizer, generation config, model card).
     """
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}.")
-    if Path(output_dir).exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) or choose another folder.")
+        raise ConversionError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}.")
+    check_replaceable(output_dir, overwrite)  # before reading anything
     checkpoint = load_fairseq_checkpoint(checkpoint_path)
     dictionary = FairseqDictionary.load(dict_path)
     state_dict, model_cfg = checkpoint["state_dict"], checkpoint["model_cfg"]
+    check_alibi_positions(model_cfg, state_dict, checkpoint["legacy"])
     vocab_size = checkpoint_vocab_size(state_dict)
     if len(dictionary) != vocab_size:
-        raise ValueError(
+        raise ConversionError(
             f"{dict_path} gives {len(dictionary)} ids (4 specials + {len(dictionary) - 4} lines) but the checkpoint "
             f"embeds {vocab_size}; use the dict.txt of the data-bin this model was trained on."
         )
@@ -297,7 +336,11 @@ def verify_conversion(
     length: int = 32,
     seed: int = 0,
 ) -> float:
-    """Max |log p| difference between `model` and `fairseq_log_probs` on a random sample; raises above tolerance."""
+    """Max |log p| difference between `model` and `fairseq_log_probs` on a random sample; raises above tolerance.
+
+    The reference is the fork's ALiBi forward, so it vouches only for ALiBi checkpoints: `convert_fairseq_checkpoint`
+    refuses others first (`check_alibi_positions`).
+    """
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, model.config.vocab_size, (1, length), generator=gen)
     ids[0, 0] = 2  # fairseq's start symbol
@@ -307,7 +350,7 @@ def verify_conversion(
     diff = (ours.double() - expected).abs().max().item()
     logger.info("verify: max |log p| difference %.3e over %d positions", diff, length)
     if not diff <= VERIFY_TOLERANCE:
-        raise ValueError(
+        raise ConversionError(
             f"Verification failed: log-probs differ by {diff:.3e} (> {VERIFY_TOLERANCE}); "
             "please report this checkpoint."
         )
@@ -422,10 +465,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
+    "ConversionError",
     "KEY_MAP",
     "SUPPORTED_ARCHS",
     "alibi_config_from_fairseq",
     "build_model",
+    "check_alibi_positions",
     "checkpoint_vocab_size",
     "convert_fairseq_checkpoint",
     "convert_state_dict",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from ..errors import InputError, not_utf8
 from ..tokenization import PADDING_SIDE, PathLike, read_lines
 
 BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"
@@ -48,8 +49,13 @@ class FairseqDictionary:
 
     @classmethod
     def load(cls, path: PathLike) -> FairseqDictionary:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_lines(f, source=str(path))
+        if not os.path.isfile(path):
+            raise InputError(f"{os.fspath(path)}: no such dictionary file (the dict.txt of the model's data-bin).")
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_lines(f, source=str(path))
+        except UnicodeDecodeError as error:
+            raise not_utf8(path, error) from None
 
     @classmethod
     def from_lines(cls, lines: Iterable[str], source: str = "<lines>") -> FairseqDictionary:
@@ -58,14 +64,14 @@ class FairseqDictionary:
         for lineno, raw in enumerate(lines, start=1):
             word, count, overwrite = _parse_dict_line(raw, lineno, source)
             if word in d.indices and not overwrite:
-                raise ValueError(
+                raise InputError(
                     f"{source}:{lineno}: duplicate symbol {word!r} (first seen as id {d.indices[word]}). fairseq "
                     f"refuses this too: remove the line or end it with ' {OVERWRITE_FLAG}' to give it a new id."
                 )
             if word in SPECIAL_SYMBOLS:
                 # fairseq would re-point the literal word but keep unk/eos ids at 3/2; a tokenizer cannot
                 # express that split, and no released dictionary does it.
-                raise ValueError(
+                raise InputError(
                     f"{source}:{lineno}: overwriting the special symbol {word!r} is not supported; "
                     "remove this line (specials always have ids 0-3)."
                 )
@@ -85,7 +91,7 @@ def _parse_dict_line(raw: str, lineno: int, source: str) -> tuple[str, int, bool
     if overwrite:
         fields = fields[0].rsplit(" ", 1)
     if len(fields) != 2 or not fields[0] or not fields[1].lstrip("-").isdigit():
-        raise ValueError(
+        raise InputError(
             f"{source}:{lineno}: malformed dictionary line {raw.rstrip(chr(10))!r}; expected "
             f"'<symbol> <count>' or '<symbol> <count> {OVERWRITE_FLAG}' (one space before the count)."
         )
