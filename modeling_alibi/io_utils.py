@@ -6,7 +6,7 @@ writer's staging. A full disk raises `DiskFullError` (a `UserError`) saying so. 
 processes from writing one folder at once.
 
     atomic_write_text(path, text)            atomic_write_bytes(path, data)
-    with atomic_directory(folder) as tmp:    # write into tmp; it becomes `folder` on a clean exit
+    with atomic_directory(folder) as tmp:     # write into tmp; it becomes `folder` on a clean exit
         model.save_pretrained(tmp)
     with lock_directory(folder): ...          # raises DirectoryLockedError if a live process holds it
 """
@@ -142,14 +142,20 @@ def atomic_directory(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     try:
         with disk_full_guard(path):
             yield tmp
-            fsync_tree(tmp)
-            _swap_in(tmp, path, overwrite)
+            publish_directory(tmp, path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _swap_in(tmp: Path, path: Path, overwrite: bool) -> None:
+def publish_directory(tmp: PathLike, path: PathLike, overwrite: bool = False) -> None:
+    """fsync the finished staging folder `tmp` and rename it to `path` (what `atomic_directory` does on exit).
+
+    For writers that fill a staging folder from several processes (`staging_path` gives its name). With
+    `overwrite=True` an existing `path` is renamed aside first and removed only after the new one is in place.
+    """
+    tmp, path = Path(tmp), Path(path)
+    fsync_tree(tmp)
     if not path.exists():
         os.rename(tmp, path)  # fails rather than merging if another writer got there first
         fsync_directory(path.parent)
@@ -234,7 +240,9 @@ def lock_directory(directory: PathLike, name: str = LOCK_NAME) -> Iterator[Path]
         try:
             yield path
         finally:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # only our own file: it may have moved with its folder
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    path.unlink()
     finally:
         os.close(fd)  # releases the flock
 
@@ -281,5 +289,6 @@ __all__ = [
     "fsync_tree",
     "lock_directory",
     "pid_alive",
+    "publish_directory",
     "staging_path",
 ]
