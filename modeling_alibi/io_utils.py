@@ -172,8 +172,9 @@ def publish_directory(tmp: PathLike, path: PathLike, overwrite: bool = False) ->
 def cleanup_staging(parent: PathLike) -> list[Path]:
     """Remove the `.NAME.tmp-<pid>-*` / `.NAME.old-<pid>-*` entries in `parent` whose writer is no longer alive.
 
-    What a killed `atomic_write_*` or `atomic_directory` left behind; a live writer's staging is kept. Returns
-    the removed paths.
+    What a killed `atomic_write_*` or `atomic_directory` left behind; a live writer's staging is kept. An `.old-`
+    entry whose `NAME` is missing (a kill between an overwrite's two renames) is renamed back to `NAME` instead.
+    Returns the removed paths.
     """
     removed = []
     parent = Path(parent)
@@ -182,6 +183,11 @@ def cleanup_staging(parent: PathLike) -> list[Path]:
     for entry in parent.iterdir():
         pid = _staging_pid(entry.name)
         if pid is None or pid_alive(pid):
+            continue
+        original = parent / entry.name[1:].rpartition(".old-")[0]
+        if ".old-" in entry.name and not original.exists():  # killed between the two renames of an overwrite
+            os.rename(entry, original)
+            logger.warning("Restored %s from %s, left by an interrupted overwrite", original, entry)
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
