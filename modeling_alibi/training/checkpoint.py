@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,15 @@ def save_checkpoint(accelerator: Accelerator, args: Any, step: int, state: Train
     if accelerator.is_main_process:
         staging.mkdir()
     accelerator.wait_for_everyone()
+    try:
+        _write_all(accelerator, staging, final, step, state)
+    except Exception:  # a kill leaves the staging folder to the next run's cleanup_staging
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_all(accelerator: Accelerator, staging: Path, final: Path, step: int, state: TrainState) -> None:
     _write_rng(staging, accelerator.process_index)
     model_state = accelerator.get_state_dict(state.model)  # every process takes part
     if accelerator.is_main_process:
@@ -89,7 +99,6 @@ def save_checkpoint(accelerator: Accelerator, args: Any, step: int, state: Train
         atomic_write_text(staging / MARKER, json.dumps({"step": step, "files": files}, indent=1))
         publish_directory(staging, final, overwrite=True)  # a re-save of a step replaces it only once complete
     accelerator.wait_for_everyone()
-    return final
 
 
 def _write_main(staging: Path, accelerator: Accelerator, step: int, state: TrainState,
