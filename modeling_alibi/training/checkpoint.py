@@ -82,7 +82,7 @@ def save_checkpoint(accelerator: Accelerator, args: Any, step: int, state: Train
     accelerator.wait_for_everyone()
     try:
         _write_all(accelerator, staging, final, step, state)
-    except Exception:  # a kill leaves the staging folder to the next run's cleanup_staging
+    except BaseException:  # Ctrl-C too; a hard kill leaves the staging folder to the next run's cleanup_staging
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
@@ -209,7 +209,7 @@ def _try_read(accelerator: Accelerator, path: Path, state: TrainState) -> tuple[
 
 def _read_checkpoint(path: Path, rank: int, position: dict[str, int], need_scaler: bool) -> _Loaded:
     """Read a checkpoint into memory with safe loaders only; a missing model or step raises `CheckpointError`."""
-    _check_files(path)
+    flaws = _check_files(path)
     progress = _read(path / "progress.json", "json")
     if not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
         raise _unsafe_file(path / "progress.json", ValueError("no integer 'step'"))
@@ -217,7 +217,13 @@ def _read_checkpoint(path: Path, rank: int, position: dict[str, int], need_scale
     readers = {"optimizer state": _read_optimizer, "scheduler state": _read_scheduler, "RNG state": _read_rng}
     if need_scaler:
         readers["grad scaler state"] = _read_scaler
+    files = {"optimizer state": ["optimizer.safetensors", "optimizer.json"], "scheduler state": ["scheduler.json"],
+             "RNG state": [f"rng_{rank}.safetensors", f"rng_{rank}.json"], "grad scaler state": ["scaler.json"]}
     for part, reader in readers.items():
+        flaw = next((flaws[name] for name in files[part] if name in flaws), None)
+        if flaw is not None:
+            loaded.problems.append(f"{part}: {flaw}")
+            continue
         try:
             loaded.parts[part] = reader(path, rank)
         except CheckpointError as error:
@@ -229,22 +235,28 @@ def _read_checkpoint(path: Path, rank: int, position: dict[str, int], need_scale
     return loaded
 
 
-def _check_files(path: Path) -> None:
-    """The marker exists, and every file it lists is there with its recorded size."""
+def _check_files(path: Path) -> dict[str, str]:
+    """The marker exists, and every file it lists is there with its recorded size. A flaw in the model or the
+    step raises `CheckpointError`; the flaws of other files are returned by file name."""
     marker = path / MARKER
     if not marker.is_file():
-        raise CheckpointError(f"{path} is incomplete: no {MARKER} (its save was interrupted, or it is not an "
-                              "alibi-lm checkpoint)")
+        raise CheckpointError(f"{path} is incomplete: {marker} is missing (its save was interrupted, or it is not "
+                              "an alibi-lm checkpoint)")
     files = _read(marker, "json")
     files = files.get("files") if isinstance(files, dict) else None
     if not isinstance(files, dict) or not {"model.safetensors", "progress.json"} <= files.keys():
         raise _unsafe_file(marker, ValueError("no list of the checkpoint's files"))
+    flaws = {}
     for name, size in files.items():
         file = path / Path(name).name
         if not file.is_file():
-            raise CheckpointError(f"{file} is missing (listed in {marker})")
-        if file.stat().st_size != size:
-            raise CheckpointError(f"{file} is truncated or changed: {file.stat().st_size} bytes, {marker} says {size}")
+            flaws[name] = f"{file} is missing (listed in {marker})"
+        elif file.stat().st_size != size:
+            flaws[name] = f"{file} is truncated or changed: {file.stat().st_size} bytes, {marker} says {size}"
+    for name in ("model.safetensors", "progress.json"):
+        if name in flaws:
+            raise CheckpointError(flaws[name])
+    return flaws
 
 
 def _unsafe_file(path: Path, error: Exception) -> CheckpointError:

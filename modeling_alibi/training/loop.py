@@ -420,7 +420,7 @@ def claim_output_dir(args: TrainArguments, stack: contextlib.ExitStack) -> None:
     aside = out.with_name(f"{out.name}.replaced-{stamp}-{os.getpid()}")
     os.rename(out, aside)
     aside.joinpath(LOCK_NAME).unlink(missing_ok=True)  # our own lock file, moved along
-    logger.warning("Moved the previous run in %s aside to %s (nothing was deleted)", out, aside)
+    logging.getLogger(__name__).warning("Moved the previous run in %s aside to %s (nothing was deleted)", out, aside)
     stack.enter_context(lock_directory(out))
 
 
