@@ -229,9 +229,9 @@ def pid_alive(pid: int) -> bool:
 def lock_directory(directory: PathLike, name: str = LOCK_NAME) -> Iterator[Path]:
     """Hold `directory/.lock` (holding our PID) for the block; raise `DirectoryLockedError` if a live process has it.
 
-    The lock is an `flock` on the file, which the kernel drops when its owner dies, plus the PID for the message.
-    A lock file whose owner is gone (flock free, or the PID dead where flock is missing) is taken over with a
-    warning. The file is removed on exit.
+    The lock is an `flock` on the file, which the kernel drops when its owner dies, plus the PID inside. A lock
+    file whose owner is gone (flock free and the PID not alive) is taken over with a warning. The file is removed
+    on exit.
     """
     path = Path(directory, name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +261,8 @@ def _open_locked(path: Path, directory: PathLike) -> tuple[int, int | None]:
         if not _try_lock(fd, owner):
             os.close(fd)
             raise DirectoryLockedError(f"{directory} is in use by process {owner} (lock file {path}). Wait for it "
-                                       "to finish, or use another output folder.")
+                                       "to finish or use another folder; if that process is not ours, remove the "
+                                       "lock file.")
         with contextlib.suppress(FileNotFoundError):
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 return fd, owner
@@ -280,7 +281,8 @@ def _try_lock(fd: int, owner: int | None) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    return True
+    # Free flock but a live owner: a filesystem that ignores flock (some network mounts). Trust the PID.
+    return owner is None or owner == os.getpid() or not pid_alive(owner)
 
 
 __all__ = [

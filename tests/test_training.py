@@ -215,6 +215,10 @@ def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):
     train(resumed)
     output = Path(resumed.output_dir)
     assert sorted(p.name for p in output.joinpath("checkpoints").iterdir()) == ["step_3", "step_6"]
+    # Safe formats only: nothing in a checkpoint is a pickle (see test_reliability_training.py).
+    assert sorted(p.name for p in output.joinpath("checkpoints", "step_6").iterdir()) == [
+        "complete.json", "model.safetensors", "optimizer.json", "optimizer.safetensors", "progress.json",
+        "rng_0.json", "rng_0.safetensors", "scheduler.json"]
     reference_losses, resumed_losses = metrics(reference), metrics(output)
     assert list(resumed_losses) == list(range(1, 9))  # steps 7-8 come from the resumed run only
     torch.testing.assert_close(torch.tensor(list(resumed_losses.values())),
