@@ -86,10 +86,12 @@ class TrainArguments:
     eval_every: int = field(default=0, metadata={"help": "Validate every N steps and at the end; 0 = only at the end."})
     eval_batches: int | None = field(default=None, metadata={"help": "Validation batches per process; None = all."})
     log_every: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
-    save_every: int = field(default=0, metadata={"help": "save_state to output_dir/checkpoints/step_N every N steps."})
+    save_every: int = field(default=0, metadata={
+        "help": "Checkpoint (safetensors + JSON) to output_dir/checkpoints/step_N every N steps; 0 = never."})
     output_dir: str = field(default="outputs/alibi-lm", metadata={"help": "Checkpoints, logs and final/ go here."})
     resume: str | None = field(default=None, metadata={
-        "help": "'latest' (the newest checkpoint in output_dir, or a fresh start if none) or a checkpoint folder."})
+        "help": "'latest' (the newest checkpoint in output_dir that restores exactly, or a fresh start if none) "
+                "or a checkpoint folder."})
     resume_inexact: bool = field(default=False, metadata={
         "help": "With resume: continue even if some state (optimizer, scheduler, RNG, data position) cannot be "
                 "restored, with a warning for each. Without it such a resume is refused."})
