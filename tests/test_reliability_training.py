@@ -403,6 +403,21 @@ def test_second_run_into_a_locked_folder_is_refused(corpus: Path, tmp_path: Path
     assert f"stale lock {out / '.lock'} of process {holder.pid}" in caplog.text
 
 
+def test_finetune_refuses_an_existing_final_before_any_work(tmp_path: Path):
+    from modeling_alibi.training import finetuning
+
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    final.joinpath("model.safetensors").write_bytes(b"earlier result")
+    argv = [str(tmp_path / "no-such-model"), "--train-files", "x.txt", "--output", str(tmp_path / "run")]
+    with pytest.raises(loop.OutputDirInUseError, match=r"final already exists\. Pass --overwrite"):
+        finetuning.main(argv)
+    assert final.joinpath("model.safetensors").read_bytes() == b"earlier result"
+    with pytest.raises(OSError, match="no-such-model"):  # with --overwrite it goes on, to load the model
+        finetuning.main([*argv, "--overwrite"])
+    assert final.joinpath("model.safetensors").read_bytes() == b"earlier result"
+
+
 def test_resume_and_overwrite_together_are_refused(corpus: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="resume and overwrite contradict"):
         args_for(corpus, tmp_path, resume="latest", overwrite=True)
