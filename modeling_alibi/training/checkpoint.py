@@ -192,12 +192,15 @@ def _choose(accelerator: Accelerator, paths: list[Path], args: Any, state: Train
             exact, usable = accelerator.gather(flags).min(dim=0).values.tolist()
             if exact or (usable and not exact_only):
                 return loaded
-            reasons.setdefault(path, reason or "; ".join(loaded.problems if loaded else ["another process failed"]))
+            problems = (loaded.problems if loaded else []) or ["another process could not restore it"]
+            reasons.setdefault(path, reason or "; ".join(problems))
             if exact_only and len(paths) > 1:
                 logger.warning("Skipping checkpoint %s: %s", path, reasons[path])
     listed = " | ".join(f"{path}: {reason}" for path, reason in reasons.items())
-    hint = "" if args.resume_inexact else " Pass --resume_inexact to continue with what can be restored."
-    raise CheckpointError(f"Cannot resume exactly: {listed}.{hint}")
+    if args.resume_inexact:
+        raise CheckpointError(f"No checkpoint to resume from, even inexactly: {listed}.")
+    raise CheckpointError(f"Cannot resume exactly: {listed}. Pass --resume_inexact to continue with what can be "
+                          "restored, or fix or remove these checkpoints.")
 
 
 def _try_read(accelerator: Accelerator, path: Path, state: TrainState) -> tuple[_Loaded | None, str | None]:
