@@ -119,7 +119,7 @@ def test_document_mode_puts_one_eos_after_each_document(tmp_path: Path, bpe):
     eos_positions = [i for i, t in enumerate(stream) if t == bpe.eos_token_id]
     assert len(eos_positions) == 6 and eos_positions[-1] == len(stream) - 1
     # Byte-level BPE is lossless: the tokens between two eos decode to exactly one document, newlines included.
-    documents = [bpe.decode(stream[a + 1 : b]) for a, b in zip([-1] + eos_positions, eos_positions, strict=True)]
+    documents = [bpe.decode(stream[a + 1 : b]) for a, b in zip([-1] + eos_positions[:-1], eos_positions, strict=True)]
     assert documents == TEXT.strip("\n").split("\n\n") * 3
 
 

@@ -196,6 +196,15 @@ def test_every_checkpoint_broken_is_refused_naming_each(corpus: Path, run: Path)
         assert str(run / "checkpoints" / f"step_{step}" / "optimizer.safetensors") in str(info.value)
 
 
+def test_no_loadable_model_is_refused_even_inexactly(corpus: Path, run: Path):
+    for step in (2, 4):
+        run.joinpath("checkpoints", f"step_{step}", "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="No checkpoint to resume from, even inexactly") as info:
+        resume(corpus, run, resume_inexact=True)
+    for step in (2, 4):
+        assert str(run / "checkpoints" / f"step_{step}" / "model.safetensors") in str(info.value)
+
+
 def test_missing_rng_state_needs_resume_inexact(corpus: Path, run: Path, caplog):
     for step in (2, 4):
         run.joinpath("checkpoints", f"step_{step}", "rng_0.json").unlink()
