@@ -156,12 +156,15 @@ def test_cpu_run_exports_a_loadable_model(workdir: Path):
     losses, evals = metrics(output.parent), metrics(output.parent, "eval/loss")
     assert sorted(losses) == list(range(1, 7)) and sorted(evals) == [3, 6]
     assert list(output.parent.joinpath("tensorboard").glob("**/events.out.tfevents.*"))
-    # A fresh run into the same folder starts metrics.jsonl over and, seeded, ends with the same weights.
+    # A fresh run into the same folder (--overwrite) moves the old run aside whole, starts metrics.jsonl over and,
+    # seeded, ends with the same weights.
     first = final_weights(output.parent)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    train(run_args(workdir, "export", eval_every=3, position_encoding="alibi"))
+    train(run_args(workdir, "export", eval_every=3, position_encoding="alibi", overwrite=True))
     assert metrics(output.parent) == losses
+    (aside,) = workdir.glob("export.replaced-*")
+    assert metrics(aside) == losses and aside.joinpath("final", "model.safetensors").is_file()
     for name, tensor in final_weights(output.parent).items():
         torch.testing.assert_close(tensor, first[name], rtol=0, atol=0, msg=name)
 
@@ -195,8 +198,8 @@ def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):
 
     save = loop.save_checkpoint
 
-    def save_then_crash(accelerator, args, step):
-        path = save(accelerator, args, step)
+    def save_then_crash(accelerator, args, step, state):
+        path = save(accelerator, args, step, state)
         if step == 6:
             raise KeyboardInterrupt("simulated preemption")
         return path
@@ -212,6 +215,10 @@ def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):
     train(resumed)
     output = Path(resumed.output_dir)
     assert sorted(p.name for p in output.joinpath("checkpoints").iterdir()) == ["step_3", "step_6"]
+    # Safe formats only: nothing in a checkpoint is a pickle (see test_reliability_training.py).
+    assert sorted(p.name for p in output.joinpath("checkpoints", "step_6").iterdir()) == [
+        "complete.json", "model.safetensors", "optimizer.json", "optimizer.safetensors", "progress.json",
+        "rng_0.json", "rng_0.safetensors", "scheduler.json"]
     reference_losses, resumed_losses = metrics(reference), metrics(output)
     assert list(resumed_losses) == list(range(1, 9))  # steps 7-8 come from the resumed run only
     torch.testing.assert_close(torch.tensor(list(resumed_losses.values())),

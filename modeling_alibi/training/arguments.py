@@ -86,10 +86,18 @@ class TrainArguments:
     eval_every: int = field(default=0, metadata={"help": "Validate every N steps and at the end; 0 = only at the end."})
     eval_batches: int | None = field(default=None, metadata={"help": "Validation batches per process; None = all."})
     log_every: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
-    save_every: int = field(default=0, metadata={"help": "save_state to output_dir/checkpoints/step_N every N steps."})
+    save_every: int = field(default=0, metadata={
+        "help": "Checkpoint (safetensors + JSON) to output_dir/checkpoints/step_N every N steps; 0 = never."})
     output_dir: str = field(default="outputs/alibi-lm", metadata={"help": "Checkpoints, logs and final/ go here."})
     resume: str | None = field(default=None, metadata={
-        "help": "'latest' (the newest checkpoint in output_dir, or a fresh start if none) or a checkpoint folder."})
+        "help": "'latest' (the newest checkpoint in output_dir that restores exactly, or a fresh start if none) "
+                "or a checkpoint folder."})
+    resume_inexact: bool = field(default=False, metadata={
+        "help": "With resume: continue even if some state (optimizer, scheduler, RNG, data position) cannot be "
+                "restored, with a warning for each. Without it such a resume is refused."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start over in an output_dir that holds a run: the old folder is renamed to "
+                "<output_dir>.replaced-<time> (nothing is deleted)."})
     report_to: Literal["tensorboard", "none"] = field(default="tensorboard", metadata={
         "help": "Experiment tracker for accelerator.log; metrics.jsonl in output_dir is always written."})
 
@@ -105,6 +113,9 @@ class TrainArguments:
             raise ValueError("Give training text with train_files (local files) or dataset_name (Hub), exactly one.")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must lie in [0, 1).")
+        if self.resume is not None and self.overwrite:
+            raise ValueError("resume and overwrite contradict each other: resume continues the run in output_dir, "
+                             "overwrite starts a new one. Pass one of them.")
         if self.resume is not None and self.resume != "latest" and not Path(self.resume).is_dir():
             raise ValueError(f"resume={self.resume!r} is neither 'latest' nor an existing checkpoint folder.")
 

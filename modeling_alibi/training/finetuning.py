@@ -13,8 +13,10 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
+from ..io_utils import atomic_directory, cleanup_staging, lock_directory
 from ..tokenization import save_tokenizer
 from .data import TextSource, build_lm_dataset, collate_blocks
+from .loop import OutputDirInUseError, verify_export
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=None, help="block length (default: the model's train_seq_len)")
     parser.add_argument("--output", required=True, help="Trainer output_dir; the fine-tuned model goes to OUTPUT/final")
     parser.add_argument("--cache-dir", default=".cache/alibi-lm")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUTPUT/final if it exists (swapped in only once the new one is verified)")
     parser.epilog = "After `--`, any TrainingArguments flag: -- --max_steps 100 --learning_rate 1e-4"
     return parser
 
 
 def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
-    """Run Trainer on packed blocks of the given files; returns the saved model folder."""
+    """Run Trainer on packed blocks of the given files; returns the saved model folder, OUTPUT/final.
+
+    OUTPUT is locked for the run, an existing OUTPUT/final is refused without `--overwrite` (before any work), and
+    the new one is written to a staging folder, loaded back and verified, then renamed into place.
+    """
+    final = Path(args.output) / "final"
+    with lock_directory(args.output):
+        cleanup_staging(args.output)
+        if final.exists() and not getattr(args, "overwrite", False):
+            raise OutputDirInUseError(f"{final} already exists. Pass --overwrite to replace it, or pick another "
+                                      "--output.")
+        return _finetune(args, trainer_args, final)
+
+
+def _finetune(args: argparse.Namespace, trainer_args: list[str], final: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     seq_len = args.seq_len or model.config.train_seq_len
@@ -53,9 +71,10 @@ def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
     trainer.train()
     if "validation" in datasets:
         logger.info("validation: %s", trainer.evaluate())
-    final = Path(args.output) / "final"
-    trainer.save_model(final)
-    save_tokenizer(tokenizer, final)  # padding on the left, for batched generate()
+    with atomic_directory(final, overwrite=True) as staging:
+        trainer.save_model(staging)
+        save_tokenizer(tokenizer, staging)  # padding on the left, for batched generate()
+        verify_export(staging, {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, tokenizer)
     return final
 
 

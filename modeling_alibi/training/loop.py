@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +31,12 @@ from transformers import (
 )
 
 from ..configuration_alibi import AlibiConfig
+from ..errors import UserError
+from ..io_utils import LOCK_NAME, atomic_directory, atomic_write_text, cleanup_staging, disk_full_guard, lock_directory
 from ..resources import preset_names, resource_path
 from ..tokenization import save_tokenizer
 from .arguments import TrainArguments, parse_args
+from .checkpoint import TrainState, check_supported, resume_from_checkpoint, save_checkpoint
 from .data import TextSource, build_lm_dataset, collate_blocks, expand_files, load_or_train_tokenizer
 
 try:
@@ -40,6 +45,21 @@ except ImportError:  # pragma: no cover - older torch or a build without distrib
     FSDPModule = None
 
 logger = get_logger(__name__)
+
+# What makes a folder hold a run: a fresh run refuses it without --resume or --overwrite.
+RUN_ENTRIES = ("metrics.jsonl", "checkpoints", "final", "tensorboard")
+
+
+class OutputDirInUseError(UserError):
+    """The output folder already holds a run and neither --resume nor --overwrite was given."""
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite; nothing from that step on is saved."""
+
+
+class ExportVerificationError(RuntimeError):
+    """What `final/` would hold does not load back equal to the trained model; nothing was put in place."""
 
 
 def make_accelerator(args: TrainArguments) -> Accelerator:
@@ -193,72 +213,54 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
     return torch.cat(losses).mean().item()
 
 
-def _checkpoints(output_dir: str) -> list[Path]:
-    """Complete checkpoints (progress.json is written last), oldest first."""
-    found = Path(output_dir, "checkpoints").glob("step_*/progress.json")
-    return sorted((p.parent for p in found), key=lambda p: int(p.name.removeprefix("step_")))
-
-
-def save_checkpoint(accelerator: Accelerator, args: TrainArguments, step: int) -> Path:
-    """Model, optimizer, scheduler, RNG and grad-scaler state, plus the step, in output_dir/checkpoints/step_N."""
-    path = Path(args.output_dir, "checkpoints", f"step_{step}")
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        path.joinpath("progress.json").write_text(json.dumps({"step": step}))
-    accelerator.wait_for_everyone()
-    return path
-
-
-def resume_from_checkpoint(accelerator: Accelerator, args: TrainArguments) -> int:
-    """Load the checkpoint that `args.resume` names and return its step (0 when starting fresh)."""
-    if args.resume is None:
-        return 0
-    found = _checkpoints(args.output_dir)
-    path = (found[-1] if found else None) if args.resume == "latest" else Path(args.resume)
-    if path is None:
-        logger.info("resume=latest: no checkpoint in %s/checkpoints, starting from step 0", args.output_dir)
-        return 0
-    if not path.joinpath("progress.json").is_file():
-        raise ValueError(f"{path} is not a complete checkpoint (no progress.json); pick another step_N folder.")
-    accelerator.load_state(str(path))
-    step = json.loads(path.joinpath("progress.json").read_text())["step"]
-    logger.info("Resumed from %s at step %d", path, step)
-    return step
-
-
 def _trim_metrics(accelerator: Accelerator, args: TrainArguments, step: int) -> None:
-    """Drop metrics.jsonl rows past `step`, so the file follows this run (a fresh start empties it)."""
+    """On resume, drop metrics.jsonl rows past `step` (and a line cut by a kill), rewriting the file atomically."""
     path = Path(args.output_dir, "metrics.jsonl")
-    if accelerator.is_main_process and path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(row + "\n" for row in rows))
+    if not (accelerator.is_main_process and path.exists()):
+        return
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            logger.warning("%s: dropping an unreadable line (cut by a kill?): %r", path, line[:80])
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            rows.append(line)
+    atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
 def _log(accelerator: Accelerator, args: TrainArguments, metrics: dict[str, float], step: int) -> None:
     accelerator.log(metrics, step=step)
     if accelerator.is_main_process:
-        with Path(args.output_dir, "metrics.jsonl").open("a") as f:
+        path = Path(args.output_dir, "metrics.jsonl")
+        with disk_full_guard(path), path.open("a", encoding="utf-8") as f:  # one write per row: appends stay whole
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def train_loop(
     accelerator: Accelerator,
     args: TrainArguments,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainState,
     loaders: tuple[DataLoader, DataLoader | None],
     step: int,
     max_steps: int,
 ) -> None:
-    """Run optimizer steps `step + 1 .. max_steps`, validating, logging and checkpointing on the way."""
-    train_loader, eval_loader = loaders
+    """Run optimizer steps `step + 1 .. max_steps`, validating, logging and checkpointing on the way.
+
+    Raises `NonFiniteLossError` at the first NaN/inf loss, checked (one device sync) before each log line, each
+    checkpoint and the end, so no state with a non-finite loss behind it is ever saved.
+    """
+    train_loader, _ = loaders
+    model, optimizer = state.model, state.optimizer
     # Compiled for the training step only: the wrapper shares the parameters, and evaluation (another shape,
     # no grad) and export keep the plain module.
     forward = torch.compile(model) if args.torch_compile else model
     # Resume position: step N has consumed N * k micro-batches (k = accumulation) of the seeded epoch order.
     epoch, skip = divmod(step * args.gradient_accumulation_steps, len(train_loader))
-    meter = _Meter(_tokens_per_step(args, accelerator.num_processes), step)
+    meter = _Meter(_tokens_per_step(args, accelerator.num_processes), step, args.gradient_accumulation_steps)
     bar = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     while step < max_steps:
         train_loader.set_epoch(epoch)
@@ -274,34 +276,57 @@ def train_loop(
             if not accelerator.sync_gradients:
                 continue
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the schedule follows real updates
-                scheduler.step()
+                state.scheduler.step()
             step += 1
             bar.update()
-            if step % args.log_every == 0 or step == max_steps:
-                metrics = meter.read(accelerator, step, scheduler.get_last_lr()[0])
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-                _log(accelerator, args, metrics, step)
-            if eval_loader is not None and (step == max_steps or args.eval_every and step % args.eval_every == 0):
-                eval_loss = evaluate(accelerator, model, eval_loader, args.eval_batches)
-                logger.info("step %d: validation loss %.4f, perplexity %.2f", step, eval_loss, math.exp(eval_loss))
-                _log(accelerator, args, {"eval/loss": eval_loss, "eval/ppl": math.exp(eval_loss)}, step)
-            if args.save_every and step % args.save_every == 0:
-                save_checkpoint(accelerator, args, step)
+            _after_step(accelerator, args, state, meter, loaders[1], step, max_steps, bar)
             if step >= max_steps:
                 break
         epoch, skip = epoch + 1, 0
+    meter.check(accelerator)
     bar.close()
+
+
+def _after_step(accelerator: Accelerator, args: TrainArguments, state: TrainState, meter: _Meter,
+                eval_loader: DataLoader | None, step: int, max_steps: int, bar: tqdm) -> None:
+    """Log, validate and checkpoint after optimizer step `step`, as the arguments schedule them."""
+    if step % args.log_every == 0 or step == max_steps:
+        metrics = meter.read(accelerator, step, state.scheduler.get_last_lr()[0])
+        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+        _log(accelerator, args, metrics, step)
+    if eval_loader is not None and (step == max_steps or args.eval_every and step % args.eval_every == 0):
+        eval_loss = evaluate(accelerator, state.model, eval_loader, args.eval_batches)
+        logger.info("step %d: validation loss %.4f, perplexity %.2f", step, eval_loss, math.exp(eval_loss))
+        _log(accelerator, args, {"eval/loss": eval_loss, "eval/ppl": math.exp(eval_loss)}, step)
+    if args.save_every and step % args.save_every == 0:
+        meter.check(accelerator)
+        save_checkpoint(accelerator, args, step, state)
 
 
 class _Meter:
     """Training loss and throughput since the last log line."""
 
-    def __init__(self, tokens_per_step: int, step: int) -> None:
+    def __init__(self, tokens_per_step: int, step: int, accumulation: int) -> None:
         self.tokens_per_step, self.step, self.time = tokens_per_step, step, time.perf_counter()
+        self.accumulation = accumulation
         self.losses: list[torch.Tensor] = []
 
+    def check(self, accelerator: Accelerator) -> torch.Tensor:
+        """The micro-batch losses since the last read, summed over processes; raise at the first non-finite one."""
+        if not self.losses:
+            return torch.zeros(0)
+        summed = accelerator.reduce(torch.stack(self.losses).float(), reduction="sum")  # the same on every process
+        bad = (~torch.isfinite(summed)).nonzero()
+        if len(bad):
+            step = self.step + int(bad[0, 0]) // self.accumulation + 1
+            raise NonFiniteLossError(
+                f"The training loss is {summed[bad[0, 0]].item()} at step {step}; stopped, and nothing from this step "
+                "on was saved. Lower the learning rate or check the data (a batch whose labels are all -100 has no "
+                "loss), then resume from an earlier checkpoint.")
+        return summed
+
     def read(self, accelerator: Accelerator, step: int, lr: float) -> dict[str, float]:
-        loss = accelerator.reduce(torch.stack(self.losses).float().mean(), reduction="mean").item()
+        loss = (self.check(accelerator).mean() / accelerator.num_processes).item()
         now = time.perf_counter()
         tokens_per_s = (step - self.step) * self.tokens_per_step / max(now - self.time, 1e-9)
         self.step, self.time, self.losses = step, now, []
@@ -312,21 +337,49 @@ class _Meter:
 def export_model(
     accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: Path
 ) -> Path:
-    """save_pretrained the model and tokenizer into `output_dir` (AutoModelForCausalLM loads it)."""
+    """save_pretrained the model and tokenizer into `output_dir` (AutoModelForCausalLM loads it), atomically.
+
+    Everything is written into a staging sibling, loaded back and compared with the trained weights
+    (`verify_export`), and only then renamed to `output_dir`; on any failure nothing is left there.
+    """
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # every process takes part: FSDP gathers shards here
     unwrapped = accelerator.unwrap_model(model)
-    if FSDPModule is not None and isinstance(unwrapped, FSDPModule):
-        # FSDP2 shards in place: the class becomes a subclass (FSDPAlibiForCausalLM, which save_pretrained would
-        # write into auto_map with torch's FSDP sources) and the weights DTensors. Save a plain copy instead.
-        if accelerator.is_main_process:
-            _plain_copy(unwrapped, state_dict).save_pretrained(output_dir)
-    else:
-        unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict)
     if accelerator.is_main_process:
-        save_tokenizer(tokenizer, output_dir)  # padding on the left, for batched generate()
+        with atomic_directory(output_dir, overwrite=True) as staging:
+            if FSDPModule is not None and isinstance(unwrapped, FSDPModule):
+                # FSDP2 shards in place: the class becomes a subclass (FSDPAlibiForCausalLM, which save_pretrained
+                # would write into auto_map with torch's FSDP sources) and the weights DTensors. Save a plain copy.
+                _plain_copy(unwrapped, state_dict).save_pretrained(staging)
+            else:
+                unwrapped.save_pretrained(staging, state_dict=state_dict)
+            save_tokenizer(tokenizer, staging)  # padding on the left, for batched generate()
+            verify_export(staging, state_dict, tokenizer)
     accelerator.wait_for_everyone()
     return output_dir
+
+
+def verify_export(folder: Path, state_dict: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase) -> None:
+    """Load `folder` back: no missing or unexpected keys, every tensor equal to `state_dict`'s (dtype included),
+    and the tokenizer loads with the same vocabulary. Raises `ExportVerificationError` naming what differs."""
+    loaded, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    keys = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    problems = [f"{key}: {info[key]}" for key in keys if info.get(key)]
+    weights = loaded.state_dict()
+    for name, tensor in state_dict.items():
+        saved = weights.get(name)
+        if saved is None or saved.dtype != tensor.dtype or not torch.equal(saved, tensor.detach().cpu()):
+            problems.append(f"tensor {name} differs from the trained one")
+    try:
+        vocab = AutoTokenizer.from_pretrained(folder).get_vocab()
+    except Exception as error:  # any failure to load is the finding
+        problems.append(f"the tokenizer does not load ({type(error).__name__}: {error})")
+    else:
+        if vocab != tokenizer.get_vocab():
+            problems.append("the saved tokenizer's vocabulary differs from the training tokenizer's")
+    if problems:
+        raise ExportVerificationError(f"The export to {folder} does not load back as trained, so nothing was put "
+                                      f"in place: {'; '.join(problems[:5])}")
 
 
 def _plain_copy(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
@@ -343,9 +396,44 @@ def _plain_copy(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> 
 
 
 def train(args: TrainArguments) -> Path:
-    """Train as `args` says and return the exported model folder, output_dir/final."""
+    """Train as `args` says and return the exported model folder, output_dir/final.
+
+    The main process holds output_dir's lock for the whole run; a folder that already holds a run is refused
+    unless `resume` or `overwrite` is given.
+    """
     accelerator = make_accelerator(args)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if accelerator.is_main_process:
+            claim_output_dir(args, stack)
+        accelerator.wait_for_everyone()
+        return _train(accelerator, args)
+
+
+def claim_output_dir(args: TrainArguments, stack: contextlib.ExitStack) -> None:
+    """Lock output_dir (held until `stack` closes), clean what killed writes left, and refuse or move aside a run.
+
+    `overwrite` renames the old folder to `<output_dir>.replaced-<time>` in one step; nothing is deleted.
+    """
+    out = Path(args.output_dir)
+    stack.enter_context(lock_directory(out))
+    cleanup_staging(out)
+    used = [name for name in RUN_ENTRIES if out.joinpath(name).exists()]
+    if not used or args.resume is not None:
+        return
+    if not args.overwrite:
+        raise OutputDirInUseError(f"{out} already holds a run ({', '.join(used)}). Pass --resume latest to continue "
+                                  "it, --overwrite to move it aside and start over, or pick another --output_dir.")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside = out.with_name(f"{out.name}.replaced-{stamp}-{os.getpid()}")
+    os.rename(out, aside)
+    aside.joinpath(LOCK_NAME).unlink(missing_ok=True)  # our own lock file, moved along
+    logging.getLogger(__name__).warning("Moved the previous run in %s aside to %s (nothing was deleted)", out, aside)
+    stack.enter_context(lock_directory(out))
+
+
+def _train(accelerator: Accelerator, args: TrainArguments) -> Path:
+    if args.save_every or args.resume:
+        check_supported(accelerator)
     set_seed(args.seed)  # same initial weights on every process and on every run with this seed
     tokenizer = get_tokenizer(accelerator, args)
     train_loader, eval_loader = get_dataloaders(accelerator, args, tokenizer)
@@ -354,19 +442,27 @@ def train(args: TrainArguments) -> Path:
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     max_steps = total_steps(args, len(train_loader), accelerator.num_processes)
     # Not passed to prepare(): Accelerate would step it once per process, so the schedule would depend on the
-    # number of processes. Registering it still puts it in save_state/load_state.
+    # number of processes. Checkpoints save it themselves (scheduler.json).
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.warmup_steps, max_steps)
-    accelerator.register_for_checkpointing(scheduler)
-    step = resume_from_checkpoint(accelerator, args)
-    _trim_metrics(accelerator, args, step)
+    state = TrainState(model, optimizer, scheduler, _position(accelerator, args, len(train_loader)))
+    step = resume_from_checkpoint(accelerator, args, state)
+    if args.resume is not None:
+        _trim_metrics(accelerator, args, step)
     accelerator.init_trackers("tensorboard", config=_hparams(args))
     params = sum(p.numel() for p in model.parameters())
     logger.info("%d parameters, %d processes (%s), %d steps of %d tokens", params, accelerator.num_processes,
                 accelerator.distributed_type.value, max_steps, _tokens_per_step(args, accelerator.num_processes))
-    train_loop(accelerator, args, model, optimizer, scheduler, (train_loader, eval_loader), step, max_steps)
+    train_loop(accelerator, args, state, (train_loader, eval_loader), step, max_steps)
     output = export_model(accelerator, model, tokenizer, Path(args.output_dir, "final"))
     accelerator.end_training()
     return output
+
+
+def _position(accelerator: Accelerator, args: TrainArguments, batches_per_epoch: int) -> dict[str, int]:
+    """What the data order of step N depends on (checkpoint.POSITION_KEYS): resuming needs all of it unchanged."""
+    return {"num_processes": accelerator.num_processes, "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps, "seq_len": args.seq_len,
+            "seed": args.seed, "batches_per_epoch": batches_per_epoch}
 
 
 def _hparams(args: TrainArguments) -> dict[str, int | float | str | bool]:
@@ -383,8 +479,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
+    "ExportVerificationError",
+    "NonFiniteLossError",
+    "OutputDirInUseError",
     "build_model",
     "build_optimizer",
+    "claim_output_dir",
     "evaluate",
     "export_model",
     "get_dataloaders",
@@ -395,4 +495,5 @@ __all__ = [
     "total_steps",
     "train",
     "train_loop",
+    "verify_export",
 ]
