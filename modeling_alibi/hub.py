@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .folders import require_model_folder
 from .tokenization import save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", action="append", default=[], help="dataset id for the card (repeatable)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    require_model_folder(args.model)
 
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=DTYPES.get(args.dtype, "auto"))
     tokenizer = None

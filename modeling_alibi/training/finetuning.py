@@ -13,14 +13,15 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
+from ..folders import require_model_folder
 from ..tokenization import save_tokenizer
 from .data import TextSource, build_lm_dataset, collate_blocks
 
 logger = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scripts/finetune_trainer.py", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "alibi-lm finetune") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a saved model folder with its tokenizer (converted or trained)")
     parser.add_argument("--train-files", nargs="+", required=True, help=".txt/.jsonl, optionally .xz/.gz")
     parser.add_argument("--validation-files", nargs="*", default=[])
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
     """Run Trainer on packed blocks of the given files; returns the saved model folder."""
+    require_model_folder(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     seq_len = args.seq_len or model.config.train_seq_len
@@ -59,10 +61,11 @@ def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
     return final
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "alibi-lm finetune") -> int:
+    """`alibi-lm finetune` (and `scripts/finetune_trainer.py`, which passes its own `prog` for --help)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)  # ours before `--`, Trainer's after
-    folder = finetune(build_parser().parse_args(argv[:split]), argv[split + 1 :])
+    folder = finetune(build_parser(prog).parse_args(argv[:split]), argv[split + 1 :])
     print(f"fine-tuned model: {folder}")
     return 0
