@@ -128,7 +128,11 @@ def markdown_table(points: list[ExtrapolationPoint]) -> str:
 
 
 def plot(points: list[ExtrapolationPoint], path: Path, title: str = "Perplexity against evaluation length") -> None:
-    """The paper's Figure 1: one line per model, log-scaled length, each training length dashed."""
+    """The paper's Figure 1: one line per model, log-scaled length, each training length dashed.
+
+    The x-axis is labelled in tokens at the evaluated lengths, the y-axis starts at 0 so a drift of a few percent
+    looks like one, and each line is annotated with its change from the shortest length to the longest.
+    """
     # A bare Figure renders with Agg and leaves pyplot's global backend (a notebook's, say) untouched.
     from matplotlib.figure import Figure
 
@@ -138,6 +142,10 @@ def plot(points: list[ExtrapolationPoint], path: Path, title: str = "Perplexity 
         mine = sorted((p for p in points if p.model == model), key=lambda p: p.length)
         color = f"C{index}"
         axes.plot([p.length for p in mine], [p.perplexity for p in mine], marker="o", color=color, label=model)
+        if len(mine) > 1:  # the change from the shortest length, written at the longest
+            change = mine[-1].perplexity / mine[0].perplexity - 1.0
+            axes.annotate(f"{change:+.1%} vs {mine[0].length}", (mine[-1].length, mine[-1].perplexity),
+                          textcoords="offset points", xytext=(-4, 7), ha="right", color=color, fontsize=9)
         if mine[0].train_seq_len:
             axes.axvline(mine[0].train_seq_len, color=color, linestyle="--", alpha=0.6)
     lengths = sorted({p.length for p in points})
@@ -146,7 +154,8 @@ def plot(points: list[ExtrapolationPoint], path: Path, title: str = "Perplexity 
     axes.minorticks_off()
     axes.set_xlabel("evaluation length (tokens); dashed: training length")
     axes.set_ylabel("perplexity")
-    axes.set_ylim(bottom=0)  # from zero: a 1% drift must not look like a cliff
+    # From zero, so a 1% drift does not look like a cliff; headroom above for the annotations.
+    axes.set_ylim(0, 1.15 * max(p.perplexity for p in points))
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
