@@ -15,7 +15,7 @@ def test_summary_states_the_offset_at_L_and_each_drift():
     points = [ExtrapolationPoint(model, 64, length, 0, 1000, 0.0, ppl)
               for model, values in DOCS_RUN.items() for length, ppl in zip((64, 128, 256, 512), values, strict=True)]
     lines = summarize(points, 64).splitlines()
-    assert lines[0].startswith("At L=64 the sinusoidal model already starts +53% against ALiBi (354.76 vs 231.59)")
+    assert lines[0].startswith("At L=64 the sinusoidal model already starts 53% worse than ALiBi (354.76 vs 231.59)")
     assert lines[1] == "From L to 8xL (512 tokens) alibi changes by -1.0%."
     assert lines[2] == "From L to 8xL (512 tokens) sinusoidal changes by +25.1%."
 
