@@ -55,7 +55,8 @@ def execute(notebook: nbformat.NotebookNode, output: Path, steps: int | None, ev
     os.environ.update({name: str(value) for name, value in knobs.items() if value is not None})
     try:
         resources = {"metadata": {"path": str(output)}}
-        NotebookClient(notebook, timeout=None, kernel_name="python3", resources=resources).execute()  # no cell limit: training takes minutes
+        # No per-cell limit: the training cell takes minutes (600 steps per model by default).
+        NotebookClient(notebook, timeout=None, kernel_name="python3", resources=resources).execute()
     finally:
         for name, value in saved.items():
             if value is None:
