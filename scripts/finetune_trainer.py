@@ -9,4 +9,4 @@ import sys
 from modeling_alibi.training.finetuning import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="scripts/finetune_trainer.py"))

@@ -9,4 +9,4 @@ import sys
 from modeling_alibi.training import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="scripts/train.py"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_alibi.evaluation import CORPUS_PERPLEXITY_METRIC_PATH, evaluate_perplexity
+from modeling_alibi.evaluation import CORPUS_PERPLEXITY_METRIC_PATH, encode_text, evaluate_perplexity
 from modeling_alibi.evaluation.perplexity import main
 from modeling_alibi.fairseq import (
     build_fairseq_dictionary,
@@ -172,6 +173,31 @@ def test_cli_eval_ppl_writes_json(tmp_path, corpus) -> None:
     assert written["num_tokens"] == len(corpus["stream"]) == expected.num_tokens
     assert written["loss_base2"] == pytest.approx(expected.loss_base2, rel=1e-6)
     assert written["context_window"] == 8 and written["perplexity"] > 1
+
+
+@pytest.mark.parametrize("text_mode", ["fairseq", "document"])
+def test_cli_eval_ppl_text_mode_is_scored_and_reported(tmp_path, corpus, capsys, text_mode) -> None:
+    """--text-mode reads the data as extrapolate and the demo do; the table and the JSON say which mode it was."""
+    model = _save_tiny_gpt2(tmp_path / "model", corpus["tokenizer"])
+    out = tmp_path / "result.json"
+    data = corpus["root"] / "data.txt"
+    argv = [str(tmp_path / "model"), "--data", str(data), "--tokens-per-sample", "32", "--text-mode", text_mode,
+            "--device", "cpu", "--json", str(out), "--no-progress"]
+    assert main(argv) == 0
+    stream = encode_text(corpus["tokenizer"], data, text_mode)
+    assert (stream == corpus["stream"]) == (text_mode == "fairseq")  # document mode: one </s> per paragraph
+    expected = evaluate_perplexity(model, stream, 32, progress=False)
+    written = json.loads(out.read_text())
+    assert written["text_mode"] == text_mode and written["num_tokens"] == len(stream)
+    assert written["perplexity"] == pytest.approx(expected.perplexity, rel=1e-9)
+    assert re.search(rf"^text mode +{text_mode}$", capsys.readouterr().out, re.M)
+
+
+def test_cli_eval_ppl_help_names_no_spec_file(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "spec" not in text and "--text-mode {fairseq,line,document}" in text
 
 
 def _load_metric():

@@ -6,6 +6,8 @@ import csv
 import json
 import lzma
 import os
+import re
+import shutil
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -16,6 +18,7 @@ import torch
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 from modeling_alibi.cli import main as cli_main
 from modeling_alibi.evaluation import evaluate_lengths, evaluate_perplexity
+from modeling_alibi.evaluation.extrapolation import unique_labels
 from modeling_alibi.fairseq import build_fairseq_dictionary, fairseq_tokenizer, write_fairseq_dictionary
 from modeling_alibi.tokenization import encode_lines, read_lines
 
@@ -86,7 +89,7 @@ def test_report_files_and_numbers(setup, tmp_path, capsys, extra, stride) -> Non
     # Markdown: caption, header with the lengths, one row per model; printed as well
     table = (tmp_path / "extrapolation.md").read_text()
     mode = "nonoverlapping windows" if stride is None else f"sliding windows, stride {stride}"
-    assert table.startswith(f"Perplexity on data.txt.xz ({MAX_TOKENS} tokens), {mode}\n\n")
+    assert table.startswith(f"Perplexity on data.txt.xz ({MAX_TOKENS} tokens), {mode}, text mode fairseq\n\n")
     assert "| model | trained on | 16 | 32 | 64 |" in table
     rows_md = [line for line in table.splitlines() if line.startswith(("| small ", "| other "))]
     assert len(rows_md) == 2
@@ -124,11 +127,53 @@ def test_bad_arguments_exit_2_with_a_clear_message(setup, tmp_path, capsys, args
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_duplicate_labels_are_refused(setup, tmp_path, capsys) -> None:
+def test_two_run_folders_ending_in_final_are_labelled_by_their_runs(setup, tmp_path, capsys) -> None:
+    """`alibi-lm extrapolate runs/alibi/final runs/sinusoidal/final`: labels `alibi` and `sinusoidal`, no error."""
+    runs = tmp_path / "runs"
+    for run, name in (("alibi", "small"), ("sinusoidal", "other")):
+        shutil.copytree(setup["models"][name], runs / run / "final")
+    argv = ["extrapolate", str(runs / "alibi" / "final"), str(runs / "sinusoidal" / "final"), "--data",
+            str(setup["data"]), "--lengths", "16", "--max-tokens", "64", "--device", "cpu", "--output",
+            str(tmp_path / "out"), "--no-progress"]
+    assert cli_main(argv) == 0
+    points = json.loads((tmp_path / "out" / "extrapolation.json").read_text())
+    assert [p["model"] for p in points] == ["alibi", "sinusoidal"]
+    assert "| alibi | 16 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "specs, labels",
+    [
+        ([(None, "runs/alibi/final"), (None, "runs/sinusoidal/final")], ["alibi", "sinusoidal"]),
+        ([(None, "a/run/final"), (None, "b/run/final")], ["a/run", "b/run"]),
+        ([(None, "a/run"), (None, "a/run")], ["run", "run-2"]),
+        ([("run", "x/y"), (None, "a/run")], ["run", "a/run"]),
+        ([("mine", "a/run"), (None, "b/other")], ["mine", "other"]),
+    ],
+    ids=["final-by-run", "same-run-name", "same-folder", "bare-against-named", "named"],
+)
+def test_unique_labels(specs, labels) -> None:
+    assert unique_labels(specs) == labels
+
+
+def test_same_explicit_name_twice_is_refused(setup, tmp_path, capsys) -> None:
     folder = str(setup["models"]["small"])
-    assert cli_main(["extrapolate", folder, folder, "--data", str(setup["data"]), "--lengths", "16",
-                     "--output", str(tmp_path)]) == 2
-    assert "same label" in capsys.readouterr().err
+    argv = ["extrapolate", f"m={folder}", f"m={folder}", "--data", str(setup["data"]), "--lengths", "16",
+            "--output", str(tmp_path)]
+    assert cli_main(argv) == 2
+    assert "the same NAME" in capsys.readouterr().err
+
+
+def test_a_run_folder_says_use_run_final(setup, tmp_path, capsys) -> None:
+    """A training run folder holds its model in final/: the error says so instead of failing in the tokenizer."""
+    shutil.copytree(setup["models"]["small"], tmp_path / "run" / "final")
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    argv = ["extrapolate", str(tmp_path / "run"), "--data", str(setup["data"]), "--lengths", "16",
+            "--output", str(tmp_path / "out"), "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"run is a training run folder; use .*run/final", err) and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_lengths_checks_stride(setup) -> None:

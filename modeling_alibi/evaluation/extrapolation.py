@@ -11,15 +11,16 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import check_input_file, check_model_folder, check_output_free
+from ..folders import require_model_folder
 from ..io_utils import atomic_write_bytes, atomic_write_text
-from .perplexity import evaluate_perplexity
+from .perplexity import TEXT_MODE_HELP, TEXT_MODES, TextMode, encode_text, evaluate_perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,58 @@ def evaluate_lengths(
     return points
 
 
+def extrapolate(
+    models: Mapping[str, str | Path],
+    data: str | Path,
+    lengths: Sequence[int],
+    text_mode: TextMode = "fairseq",
+    max_tokens: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> list[ExtrapolationPoint]:
+    """Perplexity of saved models on a text file at each evaluation length (what `alibi-lm extrapolate` runs).
+
+    Args:
+        models: label -> model folder (or Hub id) holding the model and its tokenizer, loaded one at a time.
+        data: The text file; `text_mode` says how it becomes a token stream (`encode_text`).
+        lengths: Window lengths, e.g. 1x to 8x the training length.
+        text_mode: "fairseq", "line" or "document"; score a model on text read the way it was trained.
+        max_tokens: Score only the first `max_tokens` tokens of each model's stream.
+        stride: None for nonoverlapping windows, else sliding windows scoring `stride` tokens each.
+        batch_size, device, dtype, trust_remote_code, progress: as for `evaluate_perplexity` / `from_pretrained`.
+
+    Returns:
+        One `ExtrapolationPoint` per model and length, for `markdown_table`, `plot` and `write_report`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    points = []
+    for name, path in models.items():
+        require_model_folder(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        stream = encode_text(tokenizer, data, text_mode)[:max_tokens]  # each model with its own tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        points += evaluate_lengths(name, model, stream, lengths, stride=stride, batch_size=batch_size, device=device,
+                                   eos_id=tokenizer.eos_token_id, pad_id=pad_id, progress=progress)
+        del model  # hold one model at a time
+    return points
+
+
+def relative_change(points: Sequence[ExtrapolationPoint], model: str, length: int, baseline: str | None = None,
+                    baseline_length: int | None = None) -> float:
+    """Relative perplexity change, e.g. 0.53 for 53% worse: `model` at `length` against `baseline` (default: the
+    same model) at `baseline_length` (default: `length`). `relative_change(p, "alibi", 512, baseline_length=64)`
+    is how much ALiBi drifts from L to 8L; `relative_change(p, "sinusoidal", 64, "alibi")` is the offset at L."""
+    cell = {(p.model, p.length): p.perplexity for p in points}
+    reference = cell[baseline or model, baseline_length or length]
+    return cell[model, length] / reference - 1.0
+
+
 def markdown_table(points: list[ExtrapolationPoint]) -> str:
     """Models as rows, evaluation lengths as columns, perplexity in the cells."""
     lengths = sorted({p.length for p in points})
@@ -78,7 +131,11 @@ def markdown_table(points: list[ExtrapolationPoint]) -> str:
 
 
 def plot(points: list[ExtrapolationPoint], path: Path, title: str = "Perplexity against evaluation length") -> None:
-    """The paper's Figure 1: one line per model, log-scaled length, each training length dashed."""
+    """The paper's Figure 1: one line per model, log-scaled length, each training length dashed.
+
+    The x-axis is labelled in tokens at the evaluated lengths, the y-axis starts at 0 so a drift of a few percent
+    looks like one, and each line is annotated with its change from the shortest length to the longest.
+    """
     # A bare Figure renders with Agg and leaves pyplot's global backend (a notebook's, say) untouched.
     from matplotlib.figure import Figure
 
@@ -88,11 +145,20 @@ def plot(points: list[ExtrapolationPoint], path: Path, title: str = "Perplexity 
         mine = sorted((p for p in points if p.model == model), key=lambda p: p.length)
         color = f"C{index}"
         axes.plot([p.length for p in mine], [p.perplexity for p in mine], marker="o", color=color, label=model)
+        if len(mine) > 1:  # the change from the shortest length, written at the longest
+            change = mine[-1].perplexity / mine[0].perplexity - 1.0
+            axes.annotate(f"{change:+.1%} vs {mine[0].length}", (mine[-1].length, mine[-1].perplexity),
+                          textcoords="offset points", xytext=(-4, 7), ha="right", color=color, fontsize=9)
         if mine[0].train_seq_len:
             axes.axvline(mine[0].train_seq_len, color=color, linestyle="--", alpha=0.6)
+    lengths = sorted({p.length for p in points})
     axes.set_xscale("log", base=2)
+    axes.set_xticks(lengths, [str(n) for n in lengths])  # 64, 128, ... in tokens, not 2^6, 2^7
+    axes.minorticks_off()
     axes.set_xlabel("evaluation length (tokens); dashed: training length")
     axes.set_ylabel("perplexity")
+    # From zero, so a 1% drift does not look like a cliff; headroom above for the annotations.
+    axes.set_ylim(0, 1.15 * max(p.perplexity for p in points))
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
@@ -145,9 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="text file (or .xz/.gz/.bz2); each line is encoded, then </s>")
     parser.add_argument("--lengths", required=True, type=_lengths,
                         help="comma-separated window lengths, e.g. 256,512,1024")
-    parser.add_argument("--text-mode", default="fairseq", choices=["fairseq", "line", "document"],
-                        help="how the data becomes one token stream: 'fairseq' (every line + </s>, exactly as "
-                        "fairseq-eval-lm), or as training read it ('line' or 'document' records + end-of-sequence)")
+    parser.add_argument("--text-mode", default="fairseq", choices=TEXT_MODES, help=TEXT_MODE_HELP)
     parser.add_argument("--sliding", action="store_true", help="sliding-window evaluation instead of nonoverlapping")
     parser.add_argument("--stride", type=_positive, default=None,
                         help="with --sliding: scored tokens per window (default 1: the paper's)")
@@ -183,21 +247,45 @@ def _lengths(text: str) -> list[int]:
         ) from None
 
 
-def _model_spec(spec: str) -> tuple[str, str]:
-    """`NAME=PATH` -> (NAME, PATH); a bare PATH (which may itself contain '=') is labelled by its folder name."""
+def _model_spec(spec: str) -> tuple[str | None, str]:
+    """`NAME=PATH` -> (NAME, PATH); a bare PATH (which may itself contain '=') -> (None, PATH), labelled later."""
     if "=" not in spec or Path(spec).exists():
-        return Path(spec).name or spec, spec
+        return None, spec
     name, path = spec.split("=", 1)
     return name, path
 
 
+def unique_labels(specs: Sequence[tuple[str | None, str]]) -> list[str]:
+    """Labels for (NAME or None, PATH) pairs: NAME when given, else the folder's name, made unique.
+
+    A run's model lives in RUN/final, so `final` is labelled by its run (`alibi/final` -> `alibi`). Bare paths whose
+    labels still collide take more of their path (`a/alibi`, `b/alibi`), and identical paths a suffix (`alibi-2`).
+    """
+    # Folder names from the last one up, a run's `final` skipped: its run names the model.
+    parts = [[p for p in reversed(Path(path).resolve().parts[1:])] for _, path in specs]
+    parts = [names[1:] if len(names) > 1 and names[0] == "final" else names for names in parts]
+    depth = [1] * len(specs)
+
+    def label(i: int) -> str:
+        return specs[i][0] or "/".join(reversed(parts[i][: depth[i]])) or specs[i][1]
+
+    for _ in range(max(map(len, parts), default=0)):  # widen the colliding bare labels one folder at a time
+        labels = [label(i) for i in range(len(specs))]
+        clash = [i for i, name in enumerate(labels) if specs[i][0] is None and any(
+            labels[j] == name and parts[j] != parts[i] for j in range(len(specs)))]  # another folder, same label
+        if not clash:
+            break
+        for i in clash:
+            depth[i] += 1
+    labels, seen = [label(i) for i in range(len(specs))], {}
+    for i, name in enumerate(labels):  # the same folder twice
+        seen[name] = seen.get(name, 0) + 1
+        labels[i] = name if seen[name] == 1 else f"{name}-{seen[name]}"
+    return labels
+
+
 def main(argv: list[str] | None = None) -> int:
     """Evaluate every model at every length and write the report."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..tokenization import encode_file
-    from ..training.data import encode_corpus
-
     parser = build_parser()
     args = parser.parse_args(argv)
     lengths = args.lengths
@@ -207,38 +295,37 @@ def main(argv: list[str] | None = None) -> int:
     if stride is not None and stride > lengths[0]:
         parser.error(f"--stride {stride} is larger than the smallest length {lengths[0]}")
     specs = [_model_spec(spec) for spec in args.models]
-    if len({name for name, _ in specs}) < len(specs):
-        parser.error("two models have the same label; name them with NAME=PATH")
+    named = [name for name, _ in specs if name is not None]
+    if len(set(named)) < len(named):
+        parser.error("two models are given the same NAME in NAME=PATH; give each its own")
+    models = dict(zip(unique_labels(specs), (path for _, path in specs), strict=True))
     for _, path in specs:
+        require_model_folder(path)  # a training run folder: say "use RUN/final"
         check_model_folder(path)
     check_input_file(args.data, "--data")
     check_report_free(args.output, args.overwrite)  # before the evaluation, not after
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    points = []
-    for name, path in specs:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype),
-                                                     trust_remote_code=args.trust_remote_code)
-        if args.text_mode == "fairseq":
-            stream = encode_file(tokenizer, args.data)
-        else:  # a model trained on documents is scored on documents, not on lines it never saw end
-            stream = encode_corpus([args.data], tokenizer, args.text_mode)
-        stream = stream[: args.max_tokens]  # each model with its own tokenizer
-        points += evaluate_lengths(
-            name, model, stream, lengths, stride=stride, batch_size=args.batch_size,
-            device=device, eos_id=tokenizer.eos_token_id,
-            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            progress=not args.no_progress,
-        )
-        del model  # hold one model at a time
+    points = extrapolate(models, args.data, lengths, text_mode=args.text_mode, max_tokens=args.max_tokens,
+                         stride=stride, batch_size=args.batch_size, device=device, dtype=getattr(torch, args.dtype),
+                         trust_remote_code=args.trust_remote_code, progress=not args.no_progress)
     mode = "nonoverlapping windows" if stride is None else f"sliding windows, stride {stride}"
     counts = {p.num_tokens for p in points}  # models with different tokenizers score different streams
     tokens = f" ({counts.pop():,} tokens)" if len(counts) == 1 else ""
-    caption = f"Perplexity on {Path(args.data).name}{tokens}, {mode}"
+    caption = f"Perplexity on {Path(args.data).name}{tokens}, {mode}, text mode {args.text_mode}"
     paths = write_report(points, args.output, caption, overwrite=args.overwrite)
     print(caption + "\n\n" + markdown_table(points))
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-__all__ = ["ExtrapolationPoint", "evaluate_lengths", "markdown_table", "plot", "write_report", "main"]
+__all__ = [
+    "ExtrapolationPoint",
+    "evaluate_lengths",
+    "extrapolate",
+    "main",
+    "markdown_table",
+    "plot",
+    "relative_change",
+    "unique_labels",
+    "write_report",
+]

@@ -1,4 +1,4 @@
-"""Corpus perplexity with exactly the semantics of `fairseq-eval-lm` (shared/spec/fairseq.md §5), and its CLI.
+"""Corpus perplexity with exactly the semantics of `fairseq-eval-lm` (docs/fairseq.md), and its CLI.
 
 The paper's numbers are corpus perplexities: one token stream (every line plus its `</s>`), cut into
 blocks, every token scored exactly once. This is not the `evaluate` library's `perplexity` metric, which
@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +28,34 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 # `evaluate.load(CORPUS_PERPLEXITY_METRIC_PATH)` gives the metric version of `evaluate_perplexity`.
 CORPUS_PERPLEXITY_METRIC_PATH = str(Path(__file__).parent / "metrics" / "corpus_perplexity")
+
+TextMode = Literal["fairseq", "line", "document"]
+TEXT_MODES: tuple[str, ...] = ("fairseq", "line", "document")
+TEXT_MODE_HELP = ("how the text becomes one token stream: 'fairseq' (every line + </s>, exactly as fairseq-eval-lm), "
+                  "or as training read it ('line' or 'document' records, each + end-of-sequence). Score a model "
+                  "trained with --text_mode document (the demo's) in 'document' mode.")
+
+
+def encode_text(tokenizer, path: str | Path, text_mode: TextMode = "fairseq") -> list[int]:
+    """The token stream a text file is scored on, in one of `TEXT_MODES`.
+
+    Args:
+        tokenizer: The model's tokenizer; it needs an eos token.
+        path: A text file (or .xz/.gz/.bz2).
+        text_mode: "fairseq": every line followed by `</s>`, exactly as fairseq-eval-lm (blank lines included).
+            "line" or "document": records as training reads them (`TrainArguments.text_mode`), each followed by
+            end-of-sequence; a model trained on whole documents is scored on documents, not on lines it never
+            saw end.
+    """
+    if text_mode == "fairseq":
+        from ..tokenization import encode_file
+
+        return encode_file(tokenizer, path)
+    if text_mode not in TEXT_MODES:
+        raise ValueError(f"text_mode={text_mode!r} must be one of {list(TEXT_MODES)}.")
+    from ..training.data import encode_corpus  # imports datasets: only when needed
+
+    return encode_corpus([path], tokenizer, text_mode)
 
 
 @dataclass(frozen=True)
@@ -107,7 +136,7 @@ def evaluate_perplexity(
         device: Where to run; the model is moved there. Default: the model's own device.
         eos_id: Start symbol fed before the first token (fairseq uses `</s>`).
         pad_id: Padding id for the input of short windows.
-        progress: Show a tqdm progress bar (in scored tokens).
+        progress: Show a tqdm progress bar (in scored tokens) once the evaluation has run for 2 seconds.
 
     Returns:
         The summed log-probability in float64 and the derived losses. fairseq adds each window's sum into
@@ -123,7 +152,8 @@ def evaluate_perplexity(
     was_training = model.training
     model.eval()
     nll_sum, count, skipped = 0.0, 0, 0
-    bar = tqdm(total=len(stream), unit="tok", desc="eval-ppl", disable=not progress)
+    # delay: a bar only for work that lasts (a short evaluation prints nothing to stderr)
+    bar = tqdm(total=len(stream), unit="tok", desc="eval-ppl", disable=not progress, delay=2.0)
     try:
         with torch.inference_mode():
             for input_ids, target_ids, mask in _window_batches(stream, windows, batch_size, eos_id, pad_id):
@@ -170,8 +200,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Arguments of `alibi-lm eval-ppl`; pass a subparser to add them to it."""
     parser = parser or argparse.ArgumentParser(prog="alibi-lm eval-ppl", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="Model folder or Hub id (loaded with AutoModelForCausalLM).")
-    parser.add_argument("--data", required=True,
-                        help="Text file (or .xz/.gz/.bz2); every line is encoded and followed by </s>.")
+    parser.add_argument("--data", required=True, help="Text file (or .xz/.gz/.bz2); see --text-mode.")
+    parser.add_argument("--text-mode", default="fairseq", choices=TEXT_MODES, help=TEXT_MODE_HELP)
     parser.add_argument("--tokens-per-sample", type=int_at_least(1), required=True, help="Window length L.")
     parser.add_argument("--context-window", type=int_at_least(0), default=0,
                         help="Context-only tokens per window (L-1: sliding).")
@@ -192,23 +222,23 @@ def main(argv: list[str] | None = None) -> int:
     # the package __init__, which registers the "alibi" model type with the Auto classes.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..tokenization import encode_file
+    from ..folders import require_model_folder
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.context_window >= args.tokens_per_sample:
         parser.error(f"--context-window {args.context_window} must be smaller than --tokens-per-sample "
                      f"{args.tokens_per_sample} (use L - 1 for a sliding window)")
+    require_model_folder(args.model)  # a training run folder: say "use RUN/final"
     check_model_folder(args.model)
     check_input_file(args.data, "--data")
     if args.json_path:
         check_output_free(args.json_path, args.overwrite, "--json")  # before the evaluation, not after
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    stream = encode_file(tokenizer, args.data)
+    stream = encode_text(tokenizer, args.data, args.text_mode)
     result = evaluate_perplexity(
         model,
         stream,
@@ -221,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     settings = {
-        k: getattr(args, k) for k in ("model", "data", "tokens_per_sample", "context_window", "batch_size", "dtype")
+        k: getattr(args, k)
+        for k in ("model", "data", "text_mode", "tokens_per_sample", "context_window", "batch_size", "dtype")
     }
     print(format_result_table(result, settings))
     if args.json_path:
@@ -245,8 +276,10 @@ def format_result_table(result: PerplexityResult, settings: dict[str, object] | 
 
 __all__ = [
     "CORPUS_PERPLEXITY_METRIC_PATH",
+    "TEXT_MODES",
     "PerplexityResult",
     "build_parser",
+    "encode_text",
     "evaluate_perplexity",
     "format_result_table",
     "main",

@@ -120,9 +120,10 @@ class TrainArguments:
             raise ValueError(f"resume={self.resume!r} is neither 'latest' nor an existing checkpoint folder.")
 
 
-def parse_args(argv: list[str] | None = None) -> TrainArguments:
-    """Parse command-line flags; `--config file.yaml` supplies defaults that the flags then override."""
-    parser = HfArgumentParser(TrainArguments, description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> TrainArguments:
+    """Parse command-line flags; `--config file.yaml` supplies defaults that the flags then override.
+    `prog` names the program in --help (default: the script's file name)."""
+    parser = HfArgumentParser(TrainArguments, prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=_config_path, help="YAML file of TrainArguments fields, or the name of a "
                         f"shipped preset ({', '.join(preset_names('train'))}); command-line flags win.")
     known, _ = parser.parse_known_args(argv)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
+from ..folders import require_model_folder
 from ..io_utils import atomic_directory, cleanup_staging, lock_directory
 from ..tokenization import save_tokenizer
 from .data import TextSource, build_lm_dataset, collate_blocks
@@ -21,8 +22,8 @@ from .loop import OutputDirInUseError, verify_export
 logger = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scripts/finetune_trainer.py", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "alibi-lm finetune") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a saved model folder with its tokenizer (converted or trained)")
     parser.add_argument("--train-files", nargs="+", required=True, help=".txt/.jsonl, optionally .xz/.gz")
     parser.add_argument("--validation-files", nargs="*", default=[])
@@ -43,6 +44,7 @@ def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
     OUTPUT is locked for the run, an existing OUTPUT/final is refused without `--overwrite` (before any work), and
     the new one is written to a staging folder, loaded back and verified, then renamed into place.
     """
+    require_model_folder(args.model)  # a training run folder: say "use RUN/final"
     final = Path(args.output) / "final"
     with lock_directory(args.output):
         cleanup_staging(args.output)
@@ -78,10 +80,11 @@ def _finetune(args: argparse.Namespace, trainer_args: list[str], final: Path) ->
     return final
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "alibi-lm finetune") -> int:
+    """`alibi-lm finetune` (and `scripts/finetune_trainer.py`, which passes its own `prog` for --help)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)  # ours before `--`, Trainer's after
-    folder = finetune(build_parser().parse_args(argv[:split]), argv[split + 1 :])
+    folder = finetune(build_parser(prog).parse_args(argv[:split]), argv[split + 1 :])
     print(f"fine-tuned model: {folder}")
     return 0

@@ -470,10 +470,10 @@ def _hparams(args: TrainArguments) -> dict[str, int | float | str | bool]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in dataclasses.asdict(args).items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`alibi-lm train ...` and `scripts/train.py`."""
+def main(argv: list[str] | None = None, prog: str = "alibi-lm train") -> int:
+    """`alibi-lm train ...` and `scripts/train.py` (which passes its own `prog` for --help)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    output = train(parse_args(argv))
+    output = train(parse_args(argv, prog))
     logger.info("Saved the trained model and tokenizer to %s", output)
     return 0
 

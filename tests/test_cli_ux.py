@@ -1,0 +1,68 @@
+"""The `alibi-lm` commands read well: each --help names its own program, and a training run folder given where a
+model folder belongs is named as such (with the folder to use) before anything loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeling_alibi.cli import COMMANDS, main
+from modeling_alibi.errors import UserError
+from modeling_alibi.folders import is_run_folder
+
+from conftest import tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_help_names_its_program(command, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: alibi-lm {command} ")
+
+
+@pytest.mark.parametrize("script", ["train.py", "finetune_trainer.py"])
+def test_scripts_help_names_the_script(script) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: scripts/{script} ")
+
+
+@pytest.fixture
+def run_folder(tmp_path) -> Path:
+    """What `alibi-lm train` leaves: RUN/final (model, no tokenizer needed here), RUN/metrics.jsonl."""
+    tiny_model().save_pretrained(tmp_path / "run" / "final")
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval-ppl", "{run}", "--data", "{data}", "--tokens-per-sample", "16"],
+        ["extrapolate", "{run}", "--data", "{data}", "--lengths", "16", "--output", "{tmp}/out"],
+        ["finetune", "{run}", "--train-files", "{data}", "--output", "{tmp}/out"],
+        ["export", "{run}", "--output", "{tmp}/out"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_run_folder_says_use_run_final(run_folder, argv) -> None:
+    data = REPO / "data" / "gutenberg-tiny" / "valid.txt"
+    argv = [arg.format(run=run_folder, data=data, tmp=run_folder.parent) for arg in argv]
+    with pytest.raises(UserError) as info:
+        main(argv)
+    assert str(info.value) == f"{run_folder} is a training run folder; use {run_folder / 'final'} (the model it " \
+                              "saved at the end)."
+    assert not (run_folder.parent / "out").exists()
+
+
+def test_a_model_folder_is_not_a_run_folder(run_folder) -> None:
+    assert is_run_folder(run_folder)
+    assert not is_run_folder(run_folder / "final")
+    assert not is_run_folder(run_folder / "missing") and not is_run_folder("org/hub-model")
