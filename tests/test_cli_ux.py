@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from modeling_alibi.cli import COMMANDS, main
-from modeling_alibi.errors import UserError
 from modeling_alibi.folders import is_run_folder
 
 from conftest import tiny_model
@@ -52,13 +51,12 @@ def run_folder(tmp_path) -> Path:
     ],
     ids=lambda argv: argv[0],
 )
-def test_a_run_folder_says_use_run_final(run_folder, argv) -> None:
+def test_a_run_folder_says_use_run_final(run_folder, argv, capsys) -> None:
     data = REPO / "data" / "gutenberg-tiny" / "valid.txt"
     argv = [arg.format(run=run_folder, data=data, tmp=run_folder.parent) for arg in argv]
-    with pytest.raises(UserError) as info:
-        main(argv)
-    assert str(info.value) == f"{run_folder} is a training run folder; use {run_folder / 'final'} (the model it " \
-                              "saved at the end)."
+    assert main(argv) == 2  # a UserError: one line on stderr, exit status 2
+    message = f"{run_folder} is a training run folder; use {run_folder / 'final'} (the model it saved at the end)."
+    assert capsys.readouterr().err == f"alibi-lm {argv[0]}: error: {message}\n"
     assert not (run_folder.parent / "out").exists()
 
 

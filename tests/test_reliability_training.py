@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
@@ -435,8 +436,26 @@ def test_resume_and_overwrite_together_are_refused(corpus: Path, tmp_path: Path)
 # --------------------------------------------------------------------------- NaN and final/
 
 
-def test_labels_all_ignored_stop_training_at_that_step(corpus: Path, tmp_path: Path, monkeypatch):
-    """Chosen behaviour: a batch with no valid label has a NaN loss, which stops training (no skipping)."""
+def test_non_finite_loss_stops_training_at_that_step(corpus: Path, tmp_path: Path, monkeypatch):
+    """A NaN loss (here: the third training batch's cross-entropy) stops training naming the step, and nothing from
+    that step on is saved."""
+    real, calls = F.cross_entropy, []
+
+    def cross_entropy(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss  # the third training batch: step 3
+
+    monkeypatch.setattr(F, "cross_entropy", cross_entropy)
+    out = tmp_path / "nan"
+    with pytest.raises(loop.NonFiniteLossError, match=r"The training loss is nan at step 3; stopped"):
+        train(args_for(corpus, out, save_every=1, validation_files=[]))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1", "step_2"]
+    assert not (out / "final").exists() and sorted(metrics(out)) == [1, 2]
+
+
+def test_a_batch_without_valid_labels_does_not_stop_training(corpus: Path, tmp_path: Path, monkeypatch):
+    """The model defines that loss as 0 with a warning (its gradient is 0): training goes on past that batch."""
     real, calls = loop.collate_blocks, []
 
     def collate(examples):
@@ -447,11 +466,9 @@ def test_labels_all_ignored_stop_training_at_that_step(corpus: Path, tmp_path: P
         return batch
 
     monkeypatch.setattr(loop, "collate_blocks", collate)
-    out = tmp_path / "nan"
-    with pytest.raises(loop.NonFiniteLossError, match=r"The training loss is nan at step 3; stopped"):
-        train(args_for(corpus, out, save_every=1, validation_files=[]))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1", "step_2"]
-    assert not (out / "final").exists() and sorted(metrics(out)) == [1, 2]
+    out = tmp_path / "ignored"
+    train(args_for(corpus, out, save_every=1, validation_files=[]))
+    assert (out / "final" / "config.json").is_file() and 3 in metrics(out)
 
 
 def test_export_that_does_not_load_back_is_refused(corpus: Path, run: Path, monkeypatch):
