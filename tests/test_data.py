@@ -2,6 +2,8 @@
 
 import json
 import lzma
+import os
+import stat
 from itertools import pairwise
 from pathlib import Path
 
@@ -217,3 +219,12 @@ def test_text_source_needs_exactly_one_origin():
         TextSource()
     with pytest.raises(ValueError, match="either local files or a Hub dataset"):
         TextSource(files=("a.txt",), hub_name="wikitext")
+
+
+def test_cache_folders_get_the_default_permissions(tmp_path):
+    """Cache entries are staged in a temporary folder (mode 0700) and renamed: they end with the umask's mode."""
+    with data._atomic_dir(tmp_path / "entry") as staging:
+        (staging / "file").write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "entry").stat().st_mode) == 0o777 & ~umask

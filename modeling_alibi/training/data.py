@@ -203,6 +203,9 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder that is renamed to `path` on success, so no reader sees half an entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the shared cache private to one user
     try:
         yield tmp
         if not path.exists():  # another process may have finished the same entry first; both are identical
