@@ -1,8 +1,10 @@
-"""The benchmarks' timers: the median time of repeated calls, after 3 warm-up calls.
+"""The benchmarks' timers.
 
 `median_ms` is the anchors' kernel timing (shared/research/anchor-bench/attn_bench.py), used by the kernel
 benchmarks (attention_bench.py, triton_alibi_bench.py, decode_kernel_bench.py). `median_s` is model_bench.py's
-timer for the device rates (harness.py): CUDA events on a GPU, wall time on the CPU. Not a script; it measures
+timer for the device rates (harness.py): CUDA events on a GPU, wall time on the CPU. `mean_ms` is the cuDNN probe's
+timing (shared/research/anchor-bench/cudnn_alibi_probe.py), used by cudnn_bench.py, and `host_us` the host cost per
+call at shapes where the GPU waits on the host (cudnn_bench.py, cudnn_host_profile.py). Not a script; it measures
 nothing by itself and prints nothing. It runs inside those scripts, e.g. on the GPU machine:
 
     HF_HUB_OFFLINE=1 python3 benchmarks/attention_bench.py --lengths 1024,4096
@@ -51,3 +53,30 @@ def median_s(fn: Callable[[], object], reps: int, cuda: bool) -> float:
             fn()
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def mean_ms(fn: Callable[[], object], reps: int) -> float:
+    """3 warm-up calls, then the mean of `reps` back-to-back calls between two CUDA events."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def host_us(fn: Callable[[], object], reps: int) -> float:
+    """Wall microseconds per call over `reps` back-to-back calls after 10 warm-up calls, synchronized at both ends:
+    at a tiny shape the GPU waits on the host, so this is the host's cost per call."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return 1e6 * (time.perf_counter() - start) / reps

@@ -32,29 +32,19 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from modeling_alibi import alibi_attention, alibi_slopes  # noqa: E402
-from modeling_alibi.alibi_attention import AlibiAttentionMask, flex_attention_forward  # noqa: E402
+from modeling_alibi.alibi_attention import flex_attention_forward  # noqa: E402
 from modeling_alibi.alibi_cudnn import alibi_cudnn_attention, is_supported  # noqa: E402
+from modeling_alibi.alibi_mask import AlibiAttentionMask  # noqa: E402
+
+from cuda_timing import host_us, mean_ms  # noqa: E402
 
 H, D = 8, 128
 SCALE = D**-0.5
 DEVICE = "cuda"
 # flex_attention's Dynamo cache holds every shape compiled in one process.
 torch._dynamo.config.cache_size_limit = 64
-
-
-def mean_ms(fn: Callable[[], object], reps: int) -> float:
-    """The probe's timing: 3 warm-up calls, then the mean of `reps` back-to-back calls between two CUDA events."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
 
 
 def kernels(B: int, L: int) -> dict[str, Callable | None]:
@@ -95,7 +85,7 @@ def first_call_ms(B: int, L: int) -> dict[str, float]:
     return {"first_fwd_ms": round(1e3 * (t1 - t0), 1), "first_bwd_ms": round(1e3 * (t2 - t1), 1)}
 
 
-def host_us(fn: Callable, backward: bool, reps: int = 200) -> float:
+def host_cost_us(fn: Callable, backward: bool, reps: int = 200) -> float:
     """Microseconds per call at a tiny shape (batch 1, 128 tokens), where the GPU waits on the host: the host cost."""
     q, k, v = (torch.randn(1, 128, H, D, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2).requires_grad_(backward)
                for _ in range(3))
@@ -106,14 +96,7 @@ def host_us(fn: Callable, backward: bool, reps: int = 200) -> float:
         if backward:
             torch.autograd.grad(out, (q, k, v), grad)
 
-    for _ in range(10):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        step()
-    torch.cuda.synchronize()
-    return round(1e6 * (time.perf_counter() - start) / reps, 1)
+    return round(host_us(step, reps), 1)
 
 
 def time_case(name: str, fn: Callable, B: int, L: int, backward: bool) -> dict:
@@ -151,7 +134,7 @@ def main() -> None:
         cudnn_frontend=cudnn.__version__, cudnn_backend=cudnn.backend_version(), heads=H, head_dim=D, dtype="bf16",
     )
     print(json.dumps(meta), flush=True)
-    host = {f"{name} {'fwd+bwd' if backward else 'fwd'}": host_us(fn, backward)
+    host = {f"{name} {'fwd+bwd' if backward else 'fwd'}": host_cost_us(fn, backward)
             for backward in (False, True) for name, fn in list(kernels(1, 128).items())[:2]}
     print(json.dumps({"host_us_per_call": host}), flush=True)
     rows, builds = [], {}

@@ -15,26 +15,17 @@ import os
 import pstats
 import sys
 import threading
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from modeling_alibi import alibi_cudnn  # noqa: E402
 
+from cuda_timing import host_us  # noqa: E402
+
 SCALE = 128**-0.5
-
-
-def per_call_us(fn, reps: int) -> float:
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return 1e6 * (time.perf_counter() - start) / reps
 
 
 def main() -> None:
@@ -61,7 +52,7 @@ def main() -> None:
 
     def on_thread(fn):
         result = {}
-        thread = threading.Thread(target=lambda: result.setdefault("us", per_call_us(fn, args.reps)))
+        thread = threading.Thread(target=lambda: result.setdefault("us", host_us(fn, args.reps)))
         thread.start()
         thread.join()
         return result["us"]
@@ -79,7 +70,7 @@ def main() -> None:
             F.scaled_dot_product_attention(qg, kg, vg, is_causal=True), (qg, kg, vg), do),
     }
     for name, fn in cases.items():
-        print(f"{name:34s} {per_call_us(fn, args.reps):8.1f} us/call", flush=True)
+        print(f"{name:34s} {host_us(fn, args.reps):8.1f} us/call", flush=True)
     print(f"{'backward op on a second thread':34s} {on_thread(cases['backward op']):8.1f} us/call", flush=True)
     for name in ("forward op", "backward op"):
         profile = cProfile.Profile()
