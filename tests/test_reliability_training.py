@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from transformers import get_scheduler
@@ -30,7 +29,7 @@ from modeling_alibi.errors import UserError
 from modeling_alibi.io_utils import DirectoryLockedError, DiskFullError, atomic_write_text, cleanup_staging
 from modeling_alibi.training import checkpoint, loop, train
 from modeling_alibi.training.checkpoint import MARKER, CheckpointError, TrainState, resume_from_checkpoint
-from tests.test_training import REPO, TINY_MODEL, _free_port, metrics, run_args
+from tests.test_training import REPO, _free_port, metrics, reset_accelerate, run_args, write_corpus
 
 STATE_FILES = ["model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_0.safetensors",
                "rng_0.json", "progress.json"]
@@ -39,26 +38,16 @@ ACCELERATE_FILES = ["random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer
                     "pytorch_model.bin", "sampler.bin", "scaler.pt"]
 
 
-def _reset_accelerate() -> None:
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
-    _reset_accelerate()
+    reset_accelerate()
     yield
-    _reset_accelerate()
+    reset_accelerate()
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("reliability")
-    text = (REPO / "data" / "gutenberg-tiny" / "train.txt").read_text(encoding="utf-8")
-    root.joinpath("train.txt").write_text(text[:1_500], encoding="utf-8")
-    root.joinpath("valid.txt").write_text(text[1_500:3_000], encoding="utf-8")
-    root.joinpath("model.json").write_text(json.dumps(TINY_MODEL | {"hidden_dropout": 0.1}))
-    return root
+    return write_corpus(tmp_path_factory.mktemp("reliability"))
 
 
 def args_for(corpus: Path, output: Path, **overrides):
@@ -68,9 +57,9 @@ def args_for(corpus: Path, output: Path, **overrides):
 @pytest.fixture(scope="module")
 def trained(corpus: Path) -> Path:
     """A finished run: checkpoints/step_2, checkpoints/step_4, metrics.jsonl, final/."""
-    _reset_accelerate()
+    reset_accelerate()
     train(args_for(corpus, corpus / "base"))
-    _reset_accelerate()
+    reset_accelerate()
     return corpus / "base"
 
 
@@ -211,7 +200,7 @@ def test_missing_rng_state_needs_resume_inexact(corpus: Path, run: Path, caplog)
         run.joinpath("checkpoints", f"step_{step}", "rng_0.json").unlink()
     with pytest.raises(CheckpointError, match="RNG state: .*rng_0.json is missing"):
         resume(corpus, run)
-    _reset_accelerate()
+    reset_accelerate()
     with caplog.at_level(logging.WARNING):
         step, state = resume(corpus, run, resume_inexact=True)
     assert step == 4 and "resume_inexact: RNG state" in caplog.text
@@ -221,7 +210,7 @@ def test_missing_rng_state_needs_resume_inexact(corpus: Path, run: Path, caplog)
 def test_changed_data_position_is_refused_or_inexact(corpus: Path, run: Path):
     with pytest.raises(CheckpointError, match=r"data position .*per_device_train_batch_size 4 -> 2"):
         resume(corpus, run, per_device_train_batch_size=2)
-    _reset_accelerate()
+    reset_accelerate()
     step, _ = resume(corpus, run, per_device_train_batch_size=2, resume_inexact=True)
     assert step == 4
 
@@ -306,7 +295,7 @@ def test_kill_between_the_renames_of_a_resave_is_repaired(corpus: Path, run: Pat
     (aside,) = (run / "checkpoints").glob(".step_4.old-*")
     # The killed process is gone by the next run: give the leftover a dead writer's PID.
     aside.rename(aside.with_name(f".step_4.old-{_dead_pid()}-{aside.name[-8:]}"))
-    _reset_accelerate()
+    reset_accelerate()
     step, _ = resume(corpus, run)
     assert step == 4 and folder_bytes(run / "checkpoints" / "step_4") == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_2", "step_4"]

@@ -22,25 +22,31 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
+def reset_accelerate() -> None:
     """Each in-process run builds its own Accelerator; Accelerate keeps process-wide singletons otherwise."""
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    reset_accelerate()
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_corpus(root: Path) -> Path:
     """A small training text (about 30 blocks of 32 BPE tokens), a validation text and a tiny model config."""
-    root = tmp_path_factory.mktemp("train")
     text = (REPO / "data" / "gutenberg-tiny" / "train.txt").read_text(encoding="utf-8")
     root.joinpath("train.txt").write_text(text[:1_500], encoding="utf-8")
     root.joinpath("valid.txt").write_text(text[1_500:3_000], encoding="utf-8")
     root.joinpath("model.json").write_text(json.dumps(TINY_MODEL | {"hidden_dropout": 0.1}))
     return root
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("train"))
 
 
 def run_args(workdir: Path, output: str, **overrides) -> TrainArguments:
