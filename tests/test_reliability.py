@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from modeling_alibi import AlibiConfig, AlibiForCausalLM, io_utils
 from modeling_alibi import hub as hub_module
 from modeling_alibi.cli import main
-from modeling_alibi.errors import InputError
+from modeling_alibi.errors import InputError, UserError
 from modeling_alibi.fairseq import FairseqDictionary, fairseq_tokenizer
 from modeling_alibi.hub import export_for_hub
 from tests.conftest import tiny_model
@@ -295,6 +295,17 @@ def test_converter_refuses_position_encodings_that_are_not_alibi(tmp_path, capsy
                         "--verify")
     assert_user_error(code, err, "convert-fairseq", field, "not ALiBi" if "upstream" in err else "not an ALiBi")
     assert not out.exists()
+
+
+def test_key_mapping_never_drops_a_position_table() -> None:
+    """Below the converter's check, the key mapping itself refuses a trained position table rather than drop it."""
+    from modeling_alibi.fairseq import alibi_config_from_fairseq, convert_state_dict
+
+    state = make_fairseq_checkpoint("transformer_lm_wiki103", vocab_size=VOCAB)
+    _learned_weights(state)
+    config = alibi_config_from_fairseq(state["cfg"]["model"], VOCAB)
+    with pytest.raises(UserError, match=r"Unknown fairseq keys .*decoder\.embed_positions\.weight"):
+        convert_state_dict(state["model"], config)
 
 
 def test_converter_still_converts_the_forks_checkpoints(tmp_path, capsys) -> None:

@@ -46,7 +46,6 @@ KEY_MAP: list[tuple[str, str | None]] = [
     (r"decoder\.version", None),
     (r"decoder\.adaptive_softmax\.version", None),
     (r"decoder\.(?:[\w.]+\.)?_float_tensor", None),  # uninitialised FloatTensor(1) buffers
-    (r"decoder\.embed_positions\.weight", None),  # learned positions: built, but the fork never calls them
     (r"decoder\.embed_tokens\.weight", r"model.embed_tokens.weight"),
     (r"decoder\.embed_tokens\.embeddings\.(\d+)\.0\.weight", r"model.embed_tokens.embeddings.\1.weight"),
     (r"decoder\.embed_tokens\.embeddings\.(\d+)\.1\.weight", r"model.embed_tokens.projections.\1.weight"),
