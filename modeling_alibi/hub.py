@@ -12,7 +12,6 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import InputError, OutputExistsError, UserError, check_model_folder, check_output_free
-from .folders import require_model_folder
 from .io_utils import atomic_directory, cleanup_staging, lock_directory, pid_alive
 from .model_card import write_model_card
 from .tokenization import save_tokenizer
@@ -257,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", action="append", default=[], help="dataset id for the card (repeatable)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    require_model_folder(args.model)  # a training run folder: say "use RUN/final"
     check_model_folder(args.model)
     check_replaceable(args.output, args.overwrite)  # before loading anything
 

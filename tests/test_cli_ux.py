@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from modeling_alibi.cli import COMMANDS, main
-from modeling_alibi.folders import is_run_folder
+from modeling_alibi.errors import is_run_folder
 
 from conftest import tiny_model
 

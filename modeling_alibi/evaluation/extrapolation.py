@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from ..errors import check_input_file, check_model_folder, check_output_free
-from ..folders import require_model_folder
 from ..io_utils import atomic_write_bytes, atomic_write_text
 from .perplexity import TEXT_MODE_HELP, TEXT_MODES, TextMode, encode_text, evaluate_perplexity
 
@@ -95,7 +94,7 @@ def extrapolate(
 
     points = []
     for name, path in models.items():
-        require_model_folder(path)
+        check_model_folder(path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         stream = encode_text(tokenizer, data, text_mode)[:max_tokens]  # each model with its own tokenizer
@@ -300,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("two models are given the same NAME in NAME=PATH; give each its own")
     models = dict(zip(unique_labels(specs), (path for _, path in specs), strict=True))
     for _, path in specs:
-        require_model_folder(path)  # a training run folder: say "use RUN/final"
-        check_model_folder(path)
+        check_model_folder(path)  # all of them before the first loads
     check_input_file(args.data, "--data")
     check_report_free(args.output, args.overwrite)  # before the evaluation, not after
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -222,14 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     # the package __init__, which registers the "alibi" model type with the Auto classes.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..folders import require_model_folder
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.context_window >= args.tokens_per_sample:
         parser.error(f"--context-window {args.context_window} must be smaller than --tokens-per-sample "
                      f"{args.tokens_per_sample} (use L - 1 for a sliding window)")
-    require_model_folder(args.model)  # a training run folder: say "use RUN/final"
     check_model_folder(args.model)
     check_input_file(args.data, "--data")
     if args.json_path:
