@@ -62,13 +62,10 @@ def take_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
     return cache if old_name is None else old_name
 
 
-def check_inputs(
-    input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor | None,
-    vocab_size: int,
-) -> None:
-    """Cheap checks of the inputs, each a ValueError with the fix: shapes and dtypes always; the values (ids
-    inside the vocabulary, a 0/1 mask) only for CPU tensors outside torch.compile, where reading them costs no
-    device sync."""
+def check_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, vocab_size: int) -> None:
+    """Cheap checks of the token inputs, each a ValueError with the fix: shapes and dtypes always; the ids' range
+    only for CPU tensors outside torch.compile, where reading them costs no device sync. The attention mask is
+    checked where it is read, in alibi_mask.build_attention_mask."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
     if inputs_embeds is not None and inputs_embeds.dim() != 3:
@@ -88,12 +85,6 @@ def check_inputs(
             raise ValueError(
                 f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{int(input_ids.min())}, "
                 f"{int(input_ids.max())}]; encode with this model's tokenizer."
-            )
-    if attention_mask is not None and values and attention_mask.device.type == "cpu":
-        if attention_mask.is_complex() or ((attention_mask != 0) & (attention_mask != 1)).any():
-            raise ValueError(
-                "attention_mask must hold only 0 (padding) and 1 (token), got other values; pass the tokenizer's "
-                "attention_mask, or (mask != 0).long()."
             )
 
 

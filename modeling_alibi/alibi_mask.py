@@ -251,12 +251,20 @@ def _documents(position_ids: torch.Tensor, batch: int) -> torch.Tensor | None:
 
 
 def _check_attention_mask(attention_mask: torch.Tensor, batch: int, seen: int, static: bool) -> None:
-    """Raise unless the mask is (batch, cached + new tokens); a static cache also takes it padded to its slots."""
+    """Raise unless the mask is (batch, cached + new tokens) of 0/1; a static cache also takes it padded to its
+    slots. The values are read only on the CPU, where that costs no device sync."""
     width = attention_mask.shape[-1]
-    if attention_mask.dim() == 2 and attention_mask.shape[0] == batch and (width == seen or (static and width > seen)):
-        return
-    raise ValueError(
-        f"attention_mask must be a 2-D 0/1 tensor of shape (batch, cached + new tokens) = {(batch, seen)}, "
-        f"got {tuple(attention_mask.shape)}. Pass the mask of the whole sequence so far, as generate() does."
-    )
+    fits = width == seen or (static and width > seen)
+    if not (attention_mask.dim() == 2 and attention_mask.shape[0] == batch and fits):
+        raise ValueError(
+            f"attention_mask must be a 2-D 0/1 tensor of shape (batch, cached + new tokens) = {(batch, seen)}, "
+            f"got {tuple(attention_mask.shape)}. Pass the mask of the whole sequence so far, as generate() does."
+        )
+    if attention_mask.device.type == "cpu" and (
+        attention_mask.is_complex() or ((attention_mask != 0) & (attention_mask != 1)).any()
+    ):
+        raise ValueError(
+            "attention_mask must hold only 0 (padding) and 1 (token), got other values; pass the tokenizer's "
+            "attention_mask, or (mask != 0).long()."
+        )
 

@@ -261,7 +261,7 @@ class AlibiModel(AlibiPreTrainedModel):
         """
         cache = take_cache(cache, kwargs)
         reject_unknown(kwargs, AlibiModelKwargs, type(self).__name__)
-        check_inputs(input_ids, inputs_embeds, attention_mask, self.config.vocab_size)
+        check_inputs(input_ids, inputs_embeds, self.config.vocab_size)
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
