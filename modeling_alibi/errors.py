@@ -41,16 +41,18 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return path.is_dir() and not (path / "config.json").is_file() and (path / "final" / "config.json").is_file()
 
 
-def check_model_folder(path: str | os.PathLike, flag: str = "model") -> None:
-    """A path that looks local must be a saved model folder (config.json); a Hub id (`org/name`, `name`) passes.
+def check_not_run_folder(path: str | os.PathLike) -> None:
+    """Raise for a training run folder, whose model is in RUN/final: loading the run folder itself fails far from
+    the cause (transformers asks for sentencepiece or tiktoken)."""
+    if is_run_folder(path):
+        final = Path(path) / "final"
+        raise InputError(f"{os.fspath(path)} is a training run folder; use {final} (the model it saved at the end).")
 
-    A training run folder gets its own message: loading it fails far from the cause (transformers asks for
-    sentencepiece or tiktoken), and its model is in RUN/final.
-    """
+
+def check_model_folder(path: str | os.PathLike, flag: str = "model") -> None:
+    """A path that looks local must be a saved model folder (config.json); a Hub id (`org/name`, `name`) passes."""
+    check_not_run_folder(path)
     text = os.fspath(path)
-    if is_run_folder(text):
-        final = Path(text) / "final"
-        raise InputError(f"{text} is a training run folder; use {final} (the model it saved at the end).")
     if Path(text).is_dir():
         if not Path(text, "config.json").is_file():
             raise InputError(f"{flag} {text}: the folder has no config.json, so it is not a saved model folder.")
