@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from collections.abc import Callable
@@ -56,11 +57,32 @@ def check_model_folder(path: str | os.PathLike, flag: str = "model") -> None:
     if Path(text).is_dir():
         if not Path(text, "config.json").is_file():
             raise InputError(f"{flag} {text}: the folder has no config.json, so it is not a saved model folder.")
+        check_saved_config(text)
         return
     if Path(text).exists():
         raise InputError(f"{flag} {text}: a file, not a model folder (a folder written by save_pretrained or export).")
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) or text.startswith("."):
         raise InputError(f"{flag} {text}: no such model folder; check the path (or give a Hub id as org/name).")
+
+
+def check_saved_config(folder: str | os.PathLike) -> None:
+    """A model folder's ALiBi config.json must parse and pass `AlibiConfig`'s checks: said now, not as a traceback
+    from deep inside `from_pretrained`. No config.json, or another model type (a GPT-2 baseline), passes."""
+    path = Path(folder, "config.json")
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path} is not a JSON file ({error}); re-save the model or restore the file.") from None
+    if not isinstance(config, dict) or config.get("model_type") != "alibi":
+        return
+    from .configuration_alibi import AlibiConfig
+
+    try:
+        AlibiConfig.from_dict(config)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: {error}") from None
 
 
 def not_utf8(path: str | os.PathLike, err: UnicodeDecodeError) -> InputError:

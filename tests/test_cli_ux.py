@@ -3,6 +3,8 @@ model folder belongs is named as such (with the folder to use) before anything l
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,14 @@ def run_folder(tmp_path) -> Path:
     return tmp_path / "run"
 
 
+COMMANDS_ON_A_MODEL = [
+    ["eval-ppl", "{run}", "--data", "{data}", "--tokens-per-sample", "16"],
+    ["extrapolate", "{run}", "--data", "{data}", "--lengths", "16", "--output", "{tmp}/out"],
+    ["finetune", "{run}", "--train-files", "{data}", "--output", "{tmp}/out"],
+    ["export", "{run}", "--output", "{tmp}/out"],
+]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -64,3 +74,19 @@ def test_a_model_folder_is_not_a_run_folder(run_folder) -> None:
     assert is_run_folder(run_folder)
     assert not is_run_folder(run_folder / "final")
     assert not is_run_folder(run_folder / "missing") and not is_run_folder("org/hub-model")
+
+
+@pytest.mark.parametrize("damage", ["nan", "not-json"])
+@pytest.mark.parametrize("argv", COMMANDS_ON_A_MODEL, ids=lambda argv: argv[0])
+def test_a_broken_config_is_one_line_naming_the_file(run_folder, argv, damage, capsys) -> None:
+    """A config.json that does not parse, or holds a value AlibiConfig refuses, is said before anything loads."""
+    config = run_folder / "final" / "config.json"
+    text = config.read_text()
+    config.write_text(json.dumps({**json.loads(text), "alibi_bias_max": math.nan}) if damage == "nan" else text[:40])
+    data = REPO / "data" / "gutenberg-tiny" / "valid.txt"
+    argv = [arg.format(run=run_folder / "final", data=data, tmp=run_folder.parent) for arg in argv]
+    assert main(argv) == 2
+    reason = "alibi_bias_max=nan must be a finite number in (0, inf)." if damage == "nan" else "is not a JSON file"
+    err = capsys.readouterr().err
+    assert err.startswith(f"alibi-lm {argv[0]}: error: {config}") and reason in err and err.count("\n") == 1, err
+    assert not (run_folder.parent / "out").exists()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from modeling_alibi.errors import InputError
 from modeling_alibi.tokenization import encode_file
 from modeling_alibi.training import data
 from modeling_alibi.training.data import (
@@ -79,6 +80,19 @@ def test_jsonl_without_text_field_names_the_line(tmp_path: Path):
     bad = write(tmp_path / "bad.jsonl", '{"text": "ok"}\n{"body": "no text"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2 .*'text'"):
         list(read_records([bad]))
+
+
+def test_unreadable_training_text_names_the_file(tmp_path: Path):
+    """Latin-1 or binary text, broken JSON and a corrupt archive each stop with an InputError naming the file."""
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    write(tmp_path / "broken.jsonl", '{"text": "ok"}\n{"text": \n')
+    (tmp_path / "junk.txt.gz").write_bytes(b"not gzip at all")
+    cases = [("latin1.txt", r"latin1.txt is not UTF-8 text \(byte e9 .*iconv"),
+             ("broken.jsonl", r"broken.jsonl:2 is not valid JSON"),
+             ("junk.txt.gz", r"junk.txt.gz is not a readable .gz file")]
+    for name, message in cases:
+        with pytest.raises(InputError, match=message):
+            list(read_records([tmp_path / name]))
 
 
 def test_expand_files_sorts_globs_and_rejects_empty_patterns(tmp_path: Path):

@@ -30,6 +30,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from ..errors import InputError, not_utf8
 from ..fairseq.dictionary import SPECIAL_SYMBOLS, FairseqDictionary, build_fairseq_dictionary, fairseq_tokenizer
 from ..tokenization import PADDING_SIDE, save_tokenizer
 
@@ -67,21 +68,30 @@ def read_records(paths: Sequence[str | Path], text_mode: TextMode = "line") -> I
     """
     for path in map(Path, paths):
         with _open_text(path) as f:
-            if _is_jsonl(path):
-                yield from _read_jsonl(f, path)
-            elif text_mode == "line":
-                yield from (line.rstrip("\n") for line in f)
-            else:
-                yield from _read_documents(f)
+            try:
+                if _is_jsonl(path):
+                    yield from _read_jsonl(f, path)
+                elif text_mode == "line":
+                    yield from (line.rstrip("\n") for line in f)
+                else:
+                    yield from _read_documents(f)
+            except UnicodeDecodeError as error:
+                raise not_utf8(path, error) from None
+            except (gzip.BadGzipFile, lzma.LZMAError, EOFError) as error:  # EOFError: a truncated .gz/.xz
+                message = f"{path} is not a readable {path.suffix} file ({error}); pass an intact file."
+                raise InputError(message) from None
 
 
 def _read_jsonl(f: TextIO, path: Path) -> Iterator[str]:
     for number, line in enumerate(f, 1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{number} is not valid JSON ({error.msg}); fix that line.") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ValueError(f"{path}:{number} is not a JSON object with a string 'text' field; fix that line.")
+            raise InputError(f"{path}:{number} is not a JSON object with a string 'text' field; fix that line.")
         yield record["text"]
 
 

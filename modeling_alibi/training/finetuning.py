@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
-from ..errors import check_not_run_folder
+from ..errors import check_not_run_folder, check_saved_config
 from ..io_utils import atomic_directory, cleanup_staging, lock_directory
 from ..tokenization import save_tokenizer
 from .data import TextSource, build_lm_dataset, collate_blocks
@@ -45,6 +45,7 @@ def finetune(args: argparse.Namespace, trainer_args: list[str]) -> Path:
     the new one is written to a staging folder, loaded back and verified, then renamed into place.
     """
     check_not_run_folder(args.model)  # before the lock and any work
+    check_saved_config(args.model)
     final = Path(args.output) / "final"
     with lock_directory(args.output):
         cleanup_staging(args.output)
