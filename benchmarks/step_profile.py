@@ -37,7 +37,7 @@ from transformers import StaticCache  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
-from modeling_alibi.generation import decoding  # noqa: E402
+from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 
 SIZES = dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=16, num_attention_heads=8, intermediate_size=4096)
 

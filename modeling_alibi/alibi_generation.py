@@ -12,12 +12,27 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.processing_utils import Unpack
 
+from .alibi_decoding import graph_generate_for, greedy_generate_call
 from .alibi_kwargs import AlibiModelKwargs, reject_unknown, take_cache
 from .configuration_alibi import AlibiConfig
 
 
 class AlibiGenerationMixin:
     """Mixed into AlibiForCausalLM before transformers' GenerationMixin."""
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, *args: Any,
+                 **kwargs: Any) -> Any:
+        """transformers' `generate`, with plain greedy calls on CUDA decoded by `graph_generate`.
+
+        A call with nothing but lengths, token ids and a mask (greedy, one beam, no processors, streamer, scores or
+        cache given), on a model in eval mode, fills a static cache and replays one compiled CUDA graph per token:
+        the same tokens as transformers' loop, several times faster. The first call for a batch size and cache
+        size compiles the step (seconds). Anything else, or `cache_implementation=...`, runs transformers' loop.
+        """
+        call = None if args else greedy_generate_call(self, inputs, generation_config, kwargs)
+        if call is None:
+            return super().generate(inputs, generation_config, *args, **kwargs)
+        return graph_generate_for(self, call)
 
     @torch.no_grad()
     def prefill(

@@ -31,7 +31,8 @@ PAYLOAD = (
     "alibi_positions.py",  # the baselines' position encodings
     "alibi_adaptive.py",  # adaptive input and softmax
     "alibi_loss.py",  # the causal-LM loss in bounded memory
-    "alibi_generation.py",  # chunked prefill and generate's mask hook
+    "alibi_generation.py",  # chunked prefill, generate's mask hook and its fast greedy path
+    "alibi_decoding.py",  # graph_generate: static cache, one CUDA graph per token
     "alibi_triton.py",  # fused ALiBi flash attention: entry point and autograd
     "alibi_triton_forward.py",
     "alibi_triton_backward.py",

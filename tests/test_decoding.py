@@ -75,7 +75,7 @@ def test_gpu_graph_generate_equals_generate(compile):
 
 def test_second_call_reuses_the_decoder_and_matches():
     """Reuse resets the cache in place: a second call with a shorter prompt equals generate() on it."""
-    import modeling_alibi.generation.decoding as decoding
+    from modeling_alibi import alibi_decoding as decoding
 
     model = tiny_model(4, "sdpa")
     input_ids, mask = prompts()
@@ -92,7 +92,7 @@ def test_second_call_reuses_the_decoder_and_matches():
 
 def test_new_weights_get_a_new_decoder():
     """A kept graph reads the parameters it captured: after model.half() (new storage) the decoder is rebuilt."""
-    import modeling_alibi.generation.decoding as decoding
+    from modeling_alibi import alibi_decoding as decoding
 
     model = tiny_model(4, "sdpa")
     input_ids = torch.randint(3, 99, (1, 6))
@@ -101,3 +101,137 @@ def test_new_weights_get_a_new_decoder():
     model.double()
     out = graph_generate(model, input_ids, 4)
     assert decoding._DECODERS[id(model)] is not first and out.shape == (1, 10)
+
+
+# ------------------------------------------------------------------ generate()'s fast path: plain greedy calls
+
+
+@pytest.fixture
+def graph_calls(monkeypatch) -> list[dict]:
+    """Lets plain greedy generate() take the graph path on the CPU too (as an ordinary loop), and records it."""
+    from modeling_alibi import alibi_decoding, alibi_generation
+
+    monkeypatch.setattr(alibi_decoding, "GRAPH_GENERATE_DEVICES", ("cuda", "cpu"))
+    calls, original = [], alibi_generation.graph_generate_for
+
+    def spy(model, call):
+        calls.append(call)
+        return original(model, call)
+
+    monkeypatch.setattr(alibi_generation, "graph_generate_for", spy)
+    yield calls
+    decoding_release()
+
+
+def decoding_release():
+    from modeling_alibi.alibi_decoding import release_decoders
+
+    release_decoders()
+
+
+def transformers_loop(model, input_ids, **kwargs):
+    return model.generate(input_ids, cache_implementation="dynamic", **kwargs)  # a cache kind: transformers' loop
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_new_tokens=30),
+        dict(max_length=40),  # generate's other length rule: prompt + new = 40
+        dict(max_new_tokens=30, eos_token_id="third"),  # rows end early, padded after their end token
+        dict(max_new_tokens=30, eos_token_id="third-list"),  # one end token given as a list
+        dict(max_new_tokens=30, no_mask=True),  # the pad token marks padding: generate infers the mask
+        dict(max_new_tokens=30, temperature=0.7, top_p=0.9),  # sampling warpers: ignored by greedy search
+    ],
+    ids=["new", "max_length", "eos", "eos_list", "inferred_mask", "ignored_warpers"],
+)
+def test_plain_greedy_generate_is_graph_decoded_and_equals_transformers_loop(graph_calls, kwargs):
+    model = tiny_model(4, "sdpa").eval()
+    input_ids, mask = prompts()
+    kwargs = dict(kwargs)
+    if kwargs.pop("no_mask", False):
+        mask = None
+    else:
+        kwargs["attention_mask"] = mask
+    if "eos_token_id" in kwargs:
+        free = model.generate(input_ids, attention_mask=mask, max_new_tokens=5)
+        eos = int(free[0, input_ids.shape[1] + 2])  # row 0's third new token
+        kwargs["eos_token_id"] = [eos] if kwargs["eos_token_id"] == "third-list" else eos
+    graph_calls.clear()
+    got = model.generate(input_ids, **kwargs)
+    assert len(graph_calls) == 1
+    expected = transformers_loop(model, input_ids, **kwargs)
+    assert len(graph_calls) == 1  # the call with a cache kind ran transformers' loop
+    assert torch.equal(got, expected)
+
+
+def test_a_generation_config_object_takes_the_fast_path(graph_calls):
+    """A GenerationConfig given whole, as pipelines pass it (they are tested in test_pipeline.py)."""
+    from transformers import GenerationConfig
+
+    model = tiny_model(4, "sdpa").eval()
+    input_ids, mask = prompts()
+    config = GenerationConfig(max_new_tokens=12, eos_token_id=2, pad_token_id=1, bos_token_id=0)
+    got = model.generate(input_ids, attention_mask=mask, generation_config=config)
+    assert len(graph_calls) == 1
+    assert torch.equal(got, transformers_loop(model, input_ids, attention_mask=mask, generation_config=config))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(do_sample=True),
+        dict(num_beams=2),
+        dict(min_new_tokens=12),
+        dict(repetition_penalty=1.3),
+        dict(cache_implementation="static"),
+        dict(output_scores=True, return_dict_in_generate=True),
+        dict(eos_token_id=[2, 5]),
+        dict(logits_processor="processor"),
+        dict(stopping_criteria="criteria"),
+        dict(train=True),
+    ],
+    ids=lambda kwargs: next(iter(kwargs)),
+)
+def test_other_generate_calls_run_transformers_loop(graph_calls, kwargs):
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    model = tiny_model(4, "sdpa").eval()
+    input_ids, mask = prompts()
+    kwargs = dict(kwargs)
+    if kwargs.pop("train", False):
+        model.train()
+    if "logits_processor" in kwargs:
+        kwargs["logits_processor"] = LogitsProcessorList()
+    if "stopping_criteria" in kwargs:
+        kwargs["stopping_criteria"] = StoppingCriteriaList()
+    model.generate(input_ids, attention_mask=mask, max_new_tokens=12, **kwargs)
+    assert graph_calls == []
+
+
+def test_generate_cache_sizes_are_bucketed():
+    from modeling_alibi.alibi_decoding import _cache_slots
+
+    assert [_cache_slots(n) for n in (1, 256, 257, 2048 + 128, 65536 + 128)] == [256, 256, 512, 2304, 73728]
+    for n in range(1, 20000, 37):
+        assert 0 <= _cache_slots(n) - n < max(256, n / 8)  # at most an eighth unused, past 2,048 tokens
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_plain_generate_is_graph_decoded_and_equals_transformers_loop(dtype):
+    """On CUDA with no extra argument: the compiled graph path, the same tokens as the dynamic-cache loop, padded
+    rows and rows that end early included, on a first (compile, capture) and a second (replay) call."""
+    from modeling_alibi import alibi_decoding
+
+    model = tiny_model(4, "sdpa").to("cuda", dtype).eval()
+    input_ids, mask = (t.cuda() for t in prompts())
+    for ids, attention in ((input_ids, mask), (input_ids[:, 4:], mask[:, 4:])):
+        got = model.generate(ids, attention_mask=attention, max_new_tokens=48)
+        assert id(model) in alibi_decoding._DECODERS  # the graph path ran and kept its decoder
+        assert torch.equal(got, transformers_loop(model, ids, attention_mask=attention, max_new_tokens=48))
+    eos = int(got[1, ids.shape[1] + 3])
+    got = model.generate(input_ids, attention_mask=mask, max_new_tokens=48, eos_token_id=eos)
+    expected = transformers_loop(model, input_ids, attention_mask=mask, max_new_tokens=48, eos_token_id=eos)
+    assert torch.equal(got, expected)
+    alibi_decoding.release_decoders()

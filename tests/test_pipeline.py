@@ -61,6 +61,24 @@ def test_batched_pipeline_equals_one_prompt_at_a_time(folder: Path) -> None:
     assert batched == single
 
 
+def test_pipeline_takes_generates_fast_path_with_the_same_text(folder: Path, monkeypatch) -> None:
+    """The greedy path a CUDA user gets (enabled on the CPU here, as a plain loop): batched and one at a time, the
+    text transformers' own loop gives."""
+    from modeling_alibi import alibi_decoding, alibi_generation
+
+    monkeypatch.setattr(alibi_decoding, "GRAPH_GENERATE_DEVICES", ("cpu",))
+    calls, original = [], alibi_generation.graph_generate_for
+    monkeypatch.setattr(alibi_generation, "graph_generate_for", lambda *a: calls.append(1) or original(*a))
+    generator = pipeline("text-generation", model=str(folder), tokenizer=str(folder))
+    plain = dict(do_sample=False, max_new_tokens=NEW_TOKENS)
+    fast = [out[0]["generated_text"] for out in generator(PROMPTS, batch_size=3, **plain)]
+    assert len(calls) == 2  # two batches
+    loop = [out[0]["generated_text"] for out in generator(PROMPTS, batch_size=3, cache_implementation="dynamic",
+                                                          **plain)]
+    assert len(calls) == 2 and fast == loop
+    alibi_decoding.release_decoders()
+
+
 def test_batched_generate_rows_equal_unbatched_generate(folder: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()

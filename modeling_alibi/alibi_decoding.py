@@ -9,6 +9,9 @@ preallocated buffers, so it is captured once as a CUDA graph and replayed per to
     from modeling_alibi.generation import graph_generate
     sequences = graph_generate(model, input_ids, max_new_tokens=128)   # greedy; do_sample=True to sample
 
+A plain greedy `model.generate(...)` on CUDA comes here by itself (`alibi_generation.AlibiGenerationMixin.generate`).
+Hub payload: imports only torch, transformers, the standard library and its sibling files.
+
 The cache is a `StaticCache` of prompt + max_new_tokens slots (or `max_cache_len`; a sliding-window cache when the
 model has `attention_window`), so positions far beyond the training length are plain integers in the ALiBi bias.
 The cache and the graph are kept for the next call with the same settings. On CPU, or with `cuda_graph=False`,
@@ -17,12 +20,41 @@ the same step runs as an ordinary loop; greedy results equal `generate`'s.
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import StaticCache
+from transformers import GenerationConfig, StaticCache
 
-from ..modeling_alibi import AlibiForCausalLM
+if TYPE_CHECKING:  # the model module imports this one (generate's fast path), not the other way round
+    from .modeling_alibi import AlibiForCausalLM
+
+logger = logging.getLogger(__name__)
+
+# A plain greedy `generate()` on these devices runs `graph_generate`; an empty tuple keeps transformers' loop.
+GRAPH_GENERATE_DEVICES: tuple[str, ...] = ("cuda",)
+# generate()'s cache is kept for the next call (no allocation, no capture) unless it holds more than this.
+KEEP_CACHE_BYTES = 1 << 30
+
+# GenerationConfig fields a plain greedy call may set freely: lengths and token ids (read below), the sampling
+# warpers that greedy search never applies, assisted decoding's (no assistant), and metadata.
+_FREE_FIELDS = {
+    "max_new_tokens", "max_length", "eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id",
+    "prefill_chunk_size", "temperature", "top_k", "top_p", "min_p", "top_h", "typical_p", "epsilon_cutoff",
+    "eta_cutoff", "num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold",
+    "assistant_lookbehind", "target_lookbehind", "is_assistant", "transformers_version", "disable_compile",
+}
+# Fields that change nothing at these values (transformers' defaults); any other value needs transformers' loop.
+_NEUTRAL = {
+    "do_sample": False, "num_beams": 1, "num_return_sequences": 1, "use_cache": True, "min_length": 0,
+    "early_stopping": False, "output_scores": False, "output_logits": False, "output_attentions": False,
+    "output_hidden_states": False, "return_dict_in_generate": False, "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0, "length_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "remove_invalid_values": False, "renormalize_logits": False,
+    "num_beam_groups": 1, "diversity_penalty": 0.0, "low_memory": False,
+}
 
 
 @dataclass
@@ -109,7 +141,15 @@ def graph_generate(
         if eos_token_id is not None and done % check_every == 0 and bool(decoder.state.finished.all()):
             break
     n = int(decoder.state.count)
+    if eos_token_id is not None and bool(decoder.state.finished.all()):
+        n = _last_end(decoder.state.generated[:, :n], eos_token_id)  # as generate(): stop where the last row ended
     return torch.cat([input_ids, decoder.state.generated[:, :n]], dim=1)
+
+
+def _last_end(generated: torch.Tensor, eos_token_id: int) -> int:
+    """Columns up to and including the step where the last row produced its first end-of-sequence token."""
+    first = (generated == eos_token_id).int().argmax(dim=1)  # (b,) every row has one: all rows finished
+    return int(first.max()) + 1
 
 
 class _Decoder:
@@ -240,3 +280,64 @@ def _captured(step) -> torch.cuda.CUDAGraph:
     with torch.cuda.graph(graph):
         step()
     return graph
+
+
+def greedy_generate_call(model: AlibiForCausalLM, inputs: Any, generation_config: GenerationConfig | None,
+                         kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """`graph_generate`'s arguments for a `generate()` call it computes exactly as transformers' loop, else None.
+
+    That is greedy search (no beams, sampling, processors, stopping criteria, streamer or scores) of a model in eval
+    mode on a `GRAPH_GENERATE_DEVICES` device, with no cache given. `generate`'s rules for the lengths, the token
+    ids and a mask inferred from padding are applied here the same way.
+    """
+    input_ids = kwargs.get("input_ids") if inputs is None else inputs
+    if (torch.compiler.is_compiling() or model.training or not isinstance(input_ids, torch.Tensor)
+            or input_ids.dim() != 2 or input_ids.dtype != torch.long or input_ids.shape[1] == 0
+            or input_ids.device.type not in GRAPH_GENERATE_DEVICES or input_ids.device != model.device):
+        return None
+    config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
+    if config.update(**{k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}):
+        return None  # a keyword that is not a generation setting (streamer, logits_processor, a cache, ...)
+    settings = config.to_dict()
+    if any(value is not None and name not in _FREE_FIELDS and _NEUTRAL.get(name, object()) != value
+           for name, value in settings.items() if not name.startswith("_")):
+        return None
+    eos = settings["eos_token_id"]
+    eos = eos[0] if isinstance(eos, list) and len(eos) == 1 else eos
+    new = settings["max_new_tokens"] or (settings["max_length"] or 20) - input_ids.shape[1]
+    if not (eos is None or isinstance(eos, int)) or new < 1:
+        return None  # several end tokens; or no room, which generate() reports
+    pad = settings["pad_token_id"]
+    return dict(input_ids=input_ids, max_new_tokens=new, eos_token_id=eos,
+                pad_token_id=pad if pad is not None else (eos if eos is not None else 0),
+                attention_mask=_generate_mask(input_ids, kwargs.get("attention_mask"), pad, eos),
+                prefill_chunk_size=settings.get("prefill_chunk_size") or 2048,
+                max_cache_len=_cache_slots(input_ids.shape[1] + new))
+
+
+def _generate_mask(input_ids: torch.Tensor, mask: torch.Tensor | None, pad: int | None,
+                   eos: int | None) -> torch.Tensor | None:
+    """generate()'s rule: without a mask, the pad token marks padding when it appears and is not the end token."""
+    if mask is not None or pad is None or pad == eos or not bool((input_ids == pad).any()):
+        return mask
+    return input_ids.ne(pad).long()
+
+
+def _cache_slots(tokens: int) -> int:
+    """Cache slots rounded up to an eighth of a power of two (256 at least): calls with nearby lengths share one
+    compiled step (each new size compiles once), and at most 1/8 of the slots go unused."""
+    step = max(256, 1 << max(tokens.bit_length() - 4, 0))
+    return -(-tokens // step) * step
+
+
+def graph_generate_for(model: AlibiForCausalLM, call: dict[str, Any]) -> torch.LongTensor:
+    """Run a call `greedy_generate_call` accepted; a large cache is freed afterwards rather than kept."""
+    sequences = graph_generate(model, **call)
+    decoder = _DECODERS.get(id(model))
+    if decoder is not None:
+        layers = getattr(decoder.cache, "layers", [])
+        size = sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values)
+                   if isinstance(t, torch.Tensor))
+        if size > KEEP_CACHE_BYTES:
+            release_decoders()
+    return sequences
