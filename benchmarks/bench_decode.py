@@ -1,13 +1,14 @@
 """model_bench.py's `decode` part: batch-1 decode tokens/s, ours against MPT, BLOOM, and per-token time at 64K context.
 
 Greedy decode of 128 tokens after a 2,048-token prompt (time of the whole `generate` call, prompt included, as in
-the anchors): ours with the dynamic cache, ours with `cache_implementation="static"` (generate compiles the step
-on CUDA), ours with `modeling_alibi.generation.graph_generate` (static cache, compiled step replayed as one CUDA
-graph per token), BLOOM, MPT; tokens/s and the ratios to the peers (target >= 20x). Then the per-token decode
-time at 65,536 tokens of context (dynamic cache and graph_generate here, generate-style static in the
-`long_static` extra; the fastest counts) against the HBM limit (weight bytes + KV-cache bytes read per token) /
-(device-to-device copy bandwidth measured in the same run, harness.py). Its rows are the `[decode]` section of
-model_bench's table. On the GPU machine:
+the anchors). Ours four ways: a plain `generate(ids, max_new_tokens=128)` (what a user gets by default: on CUDA the
+graph decoder below, its compile time reported apart); transformers' loop with the dynamic cache;
+`cache_implementation="static"` (generate compiles the step on CUDA); `modeling_alibi.generation.graph_generate`
+(static cache, compiled step replayed as one CUDA graph per token). Then BLOOM and MPT; tokens/s and the ratios to
+the peers (targets: plain >= 10x, fastest >= 20x). Then the per-token decode time at 65,536 tokens of context
+(dynamic cache and graph_generate here, generate-style static in the `long_static` extra; the fastest counts)
+against the HBM limit (weight bytes + KV-cache bytes read per token) / (device-to-device copy bandwidth measured in
+the same run, harness.py). Its rows are the `[decode]` section of model_bench's table. On the GPU machine:
 
     HF_HUB_OFFLINE=1 python3 benchmarks/model_bench.py --parts decode
     HF_HUB_OFFLINE=1 python3 benchmarks/model_bench.py --parts long_static
@@ -30,8 +31,10 @@ def run(bench: Bench) -> None:
     part = decode_part(bench)
     rows = part["rows"]
     model = bench.ours()
+    rows.append(dict(model="alibi generate()", **bench.case("decode alibi generate()", plain_rate, bench, model)))
+    bench.save()
     rows.append(dict(model="alibi dynamic", **bench.case("decode alibi dynamic", generate_rate, bench, model,
-                                                          s["peer_warm_new"])))
+                                                          s["peer_warm_new"], cache_implementation="dynamic")))
     bench.save()
     # Warm-up with the same length as the timed call: the static cache keeps its shape, one compiled graph.
     rows.append(dict(model="alibi static", **bench.case("decode alibi static", generate_rate, bench, model,
@@ -89,6 +92,24 @@ def generate_rate(bench: Bench, model, warm_new: int, **kwargs) -> dict:
     assert out.shape[1] == s["decode_prompt"] + s["decode_new"], out.shape
     return dict(tok_s=round(s["decode_new"] / dt, 1), generate_s=round(dt, 3), first_call_s=round(first, 2),
                 compiled=hasattr(model, "_compiled_call"))
+
+
+def plain_rate(bench: Bench, model: AlibiForCausalLM) -> dict:
+    """`model.generate(ids, max_new_tokens=n)` and nothing else, as a user writes it: on CUDA generate() sends it
+    to graph_generate. The first call (compile, capture) is timed apart, as `first_call_s`."""
+    s = bench.S
+    prompt = bench.ids(s["decode_prompt"])
+    times = []
+    with torch.no_grad():
+        for _ in range(2):
+            bench.sync()
+            t0 = time.perf_counter()
+            out = model.generate(prompt, max_new_tokens=s["decode_new"])
+            bench.sync()
+            times.append(time.perf_counter() - t0)
+    new = out.shape[1] - s["decode_prompt"]  # fewer than decode_new only if the end token came first
+    return dict(tok_s=round(new / times[1], 1), generate_s=round(times[1], 3), first_call_s=round(times[0], 2),
+                new_tokens=new, compiled=bench.cuda)
 
 
 def graph_rate(bench: Bench, model: AlibiForCausalLM) -> dict:
@@ -206,7 +227,7 @@ def report(part: dict) -> list[str]:
     for r in part["rows"]:
         ok = r.get("status") == "ok"
         extra = f"first call {r['first_call_s']} s, compiled={r['compiled']}" if ok else r.get("error", "")[:80]
-        lines.append(f"  {r['model']:15s} {r['status']:6s} {r.get('tok_s', '-')!s:>9s} tok/s   {extra}")
+        lines.append(f"  {r['model']:16s} {r['status']:6s} {r.get('tok_s', '-')!s:>9s} tok/s   {extra}")
     if part.get("ratios"):
         lines.append("  ratios: " + ", ".join(f"{k} {v}x" for k, v in part["ratios"].items()))
     for r in part.get("long", []):

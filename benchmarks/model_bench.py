@@ -11,9 +11,9 @@ own module, whose docstring gives the method:
   train      bench_train.py: fwd+bwd+AdamW step at L=512, 16 sequences: tokens/s and MFU; ours, MPT, BLOOM.
   prompt     bench_prompt.py: chunked prefill into a full cache at 16K..256K tokens and a windowed one up to 1M,
              then `generate` of 128 tokens: time and peak memory; peers: their longest no-cache forward.
-  decode     bench_decode.py: batch-1 greedy decode of 128 tokens after a 2,048-token prompt (dynamic cache,
-             static cache, `graph_generate`, BLOOM, MPT) and per-token time at 65,536 tokens of context
-             against the HBM limit.
+  decode     bench_decode.py: batch-1 greedy decode of 128 tokens after a 2,048-token prompt (plain generate(),
+             dynamic cache, static cache, `graph_generate`, BLOOM, MPT) and per-token time at 65,536 tokens of
+             context against the HBM limit.
   precision  bench_precision.py: bf16 against fp32 log-probs at 65,536 tokens, first and last 256 positions.
 
 The shared harness (harness.py) runs each case, builds the models and measures the device rates: the bf16
