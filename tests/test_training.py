@@ -1,4 +1,5 @@
-"""Training: YAML/flag parsing, a CPU run that exports a loadable model, exact resume, and 2-process DDP parity."""
+"""Training: YAML/flag parsing, a CPU run that exports a loadable model, exact resume, and 2-process DDP and FSDP2
+parity (FSDP2 resume too)."""
 
 import json
 import os
@@ -6,17 +7,20 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import pytest
 import torch
 import yaml
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling_alibi import AlibiConfig
-from modeling_alibi.training import TrainArguments, loop, parse_args, train
+from modeling_alibi import AlibiConfig, AlibiForCausalLM
+from modeling_alibi.training import TrainArguments, checkpoint, loop, parse_args, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
@@ -264,23 +268,27 @@ def test_two_process_ddp_matches_one_process(workdir: Path):
         torch.testing.assert_close(final_weights(Path(double.output_dir))[name], tensor, rtol=0, atol=1e-4, msg=name)
 
 
+def _launch_fsdp2(args: TrainArguments, script: Path = REPO / "benchmarks" / "compare_runs.py"):
+    """`train-fsdp-cpu` (configuration/accelerate/fsdp.yaml, FSDP2 forced on 2 CPU processes over gloo)."""
+    flags = [f"--{k}={v}" for k, v in vars(args).items() if v is not None and not isinstance(v, list)]
+    flags += ["--train_files", *args.train_files, "--validation_files", *args.validation_files]
+    # On the CPU Accelerate runs an FSDP config as DDP; `train-fsdp-cpu` switches its FSDP2 path on.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "configuration" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), str(script), "train-fsdp-cpu", *flags]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+                        "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_two_process_fsdp2_matches_one_process_and_exports_plain_model(workdir: Path):
     """FSDP2 (configuration/accelerate/fsdp.yaml, forced on 2 CPU processes over gloo) trains like one process,
     and the export is the plain AlibiForCausalLM (FSDP2 swaps the class in place; save_pretrained must not see it)."""
     single = run_args(workdir, "fsdp-1", dropout=0.0, max_steps=4)
     train(single)
     double = run_args(workdir, "fsdp-2", dropout=0.0, max_steps=4, per_device_train_batch_size=2)
-    flags = [f"--{k}={v}" for k, v in vars(double).items() if v is not None and not isinstance(v, list)]
-    flags += ["--train_files", *double.train_files, "--validation_files", *double.validation_files]
-    # On the CPU Accelerate runs an FSDP config as DDP; `train-fsdp-cpu` switches its FSDP2 path on.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "configuration" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(REPO / "benchmarks" / "compare_runs.py"),
-               "train-fsdp-cpu", *flags]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-                        "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = _launch_fsdp2(double)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 processes (FSDP)" in result.stderr
     one, two = metrics(Path(single.output_dir)), metrics(Path(double.output_dir))
@@ -292,3 +300,103 @@ def test_two_process_fsdp2_matches_one_process_and_exports_plain_model(workdir: 
         torch.testing.assert_close(final_weights(Path(double.output_dir))[name], tensor, rtol=0, atol=1e-4, msg=name)
     model = AutoModelForCausalLM.from_pretrained(Path(double.output_dir, "final"))
     assert type(model).__name__ == "AlibiForCausalLM"
+
+
+# compare_runs.py train-fsdp-cpu, with every process killed (no clean-up, like a preemption) right after the save
+# of step {step}.
+KILLED_AFTER_SAVE = """import os
+import runpy
+
+from modeling_alibi.training import loop
+
+save = loop.save_checkpoint
+
+
+def save_then_die(accelerator, args, step, state):
+    path = save(accelerator, args, step, state)
+    if step == {step}:
+        os._exit(75)
+    return path
+
+
+loop.save_checkpoint = save_then_die
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_resume_reproduces_the_uninterrupted_run(workdir: Path, tmp_path: Path):
+    """FSDP2 checkpoints: the full states gathered at step 2 of a run killed right after that save, sharded back by
+    `--resume latest`, give the uninterrupted run's losses and final weights. 2 micro-batches a step: the resumed
+    steps cross an epoch end. The checkpoint is safetensors and JSON only (~70 s)."""
+    common = dict(max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    whole = run_args(workdir, "fsdp-whole", **common)
+    result = _launch_fsdp2(whole)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    cut = run_args(workdir, "fsdp-cut", save_every=2, **common)
+    killer = tmp_path / "killed_after_save.py"
+    killer.write_text(KILLED_AFTER_SAVE.format(step=2, script=str(REPO / "benchmarks" / "compare_runs.py")))
+    result = _launch_fsdp2(cut, killer)
+    assert result.returncode != 0 and "2 processes (FSDP)" in result.stderr, result.stderr[-4000:]
+    output = Path(cut.output_dir)
+    assert sorted(p.name for p in output.joinpath("checkpoints").iterdir()) == ["step_2"]
+    assert list(metrics(output)) == [1, 2] and not output.joinpath("final").exists()
+    step_2 = output / "checkpoints" / "step_2"
+    assert sorted(p.name for p in step_2.iterdir()) == [  # safe formats only: nothing to unpickle
+        "complete.json", "model.safetensors", "optimizer.json", "optimizer.safetensors", "progress.json",
+        "rng_0.json", "rng_0.safetensors", "rng_1.json", "rng_1.safetensors", "scheduler.json"]
+    model, moments = load_file(step_2 / "model.safetensors"), load_file(step_2 / "optimizer.safetensors")
+    for name, tensor in model.items():  # full (gathered) states, the optimizer's keyed by parameter name
+        if name != "lm_head.weight":  # tied to the embedding: one parameter for the optimizer
+            assert moments[f"{name}.exp_avg"].shape == moments[f"{name}.exp_avg_sq"].shape == tensor.shape, name
+
+    result = _launch_fsdp2(run_args(workdir, "fsdp-cut", save_every=2, resume="latest", **common))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Resumed from" in result.stderr and "step_2 at step 2" in result.stderr, result.stderr[-4000:]
+    expected, actual = metrics(Path(whole.output_dir)), metrics(output)
+    assert list(actual) == [1, 2, 3, 4]
+    torch.testing.assert_close(torch.tensor(list(actual.values())), torch.tensor(list(expected.values())),
+                               rtol=0, atol=1e-6)
+    for name, tensor in final_weights(Path(whole.output_dir)).items():
+        torch.testing.assert_close(final_weights(output)[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_checkpoints_are_refused_with_deepspeed_only():
+    """DeepSpeed's engine saves its own format, which unpickles; DDP, FSDP and one process save safe files."""
+    with pytest.raises(checkpoint.CheckpointError, match="DeepSpeed: its engine saves its own checkpoint format"):
+        checkpoint.check_supported(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP):
+        checkpoint.check_supported(SimpleNamespace(distributed_type=kind))
+
+
+def test_optimizer_state_keyed_by_name_or_number_round_trips(workdir: Path, tmp_path: Path):
+    """FSDP's gathered optimizer state is keyed by parameter name ("model.layers.0....weight": dots), a plain one
+    by number; both are written and read back. A named state loads into a plain optimizer (by order, as torch's
+    load_state_dict reads it), and a numbered one is renamed for FSDP's set_optimizer_state_dict."""
+    model = AlibiForCausalLM(AlibiConfig(vocab_size=50, **TINY_MODEL))
+    args = run_args(workdir, "unused")
+    optimizer = loop.build_optimizer(model, args, torch.device("cpu"))
+    model(input_ids=torch.randint(0, 50, (2, 8)), labels=torch.randint(0, 50, (2, 8))).loss.backward()
+    optimizer.step()
+    numbered, named = optimizer.state_dict(), checkpoint.dsd.get_optimizer_state_dict(model, optimizer)
+    assert all(isinstance(key, str) and "." in key for key in named["state"])
+    for saved in (numbered, named):
+        tensors, meta = checkpoint._split_optimizer(saved)
+        tmp_path.joinpath("optimizer.safetensors").write_bytes(save_safetensors(tensors))
+        tmp_path.joinpath("optimizer.json").write_text(json.dumps(meta))
+        read = checkpoint._read_optimizer(tmp_path, 0)
+        assert_same_optimizer_state(read, saved)
+    fresh = loop.build_optimizer(model, args, torch.device("cpu"))  # the same parameters, no state yet
+    fresh.load_state_dict(read)
+    assert_same_optimizer_state(fresh.state_dict(), numbered)
+    assert_same_optimizer_state(checkpoint._keyed_by_name(model, optimizer, numbered), named)
+
+
+def assert_same_optimizer_state(actual: dict, expected: dict) -> None:
+    assert list(actual["state"]) == list(expected["state"])
+    for param, entry in expected["state"].items():
+        assert sorted(actual["state"][param]) == sorted(entry), param
+        for name, tensor in entry.items():
+            assert torch.equal(actual["state"][param][name], tensor), (param, name)
+    assert json.loads(json.dumps(actual["param_groups"])) == json.loads(json.dumps(expected["param_groups"]))

@@ -5,6 +5,10 @@
 the data position) and, written last, `complete.json` listing every file and its size. The folder is filled as a
 hidden staging sibling and renamed into place. Accelerate's `save_state`/`load_state` are not used: its loader
 unpickles registered objects with `weights_only=False`.
+
+Under FSDP (FSDP2) the files are the same: torch's `get_state_dict` gathers the full model and optimizer states onto
+the main process to save (the optimizer's keyed by parameter name, not number), and `set_model_state_dict` /
+`set_optimizer_state_dict` shard what every process read back onto its parameters. DeepSpeed is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ from safetensors.torch import save as save_safetensors
 
 from ..errors import UserError
 from ..io_utils import atomic_write_bytes, atomic_write_text, cleanup_staging, publish_directory, staging_path
+
+try:  # torch's full-state API for FSDP; a torch build without distributed has neither
+    from torch.distributed.checkpoint import state_dict as dsd
+except ImportError:  # pragma: no cover
+    dsd = None
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +71,21 @@ class _Loaded:
 
 
 def check_supported(accelerator: Accelerator) -> None:
-    """Checkpoints hold full (unsharded) states, which FSDP and DeepSpeed keep sharded: refuse before training."""
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise CheckpointError(f"Checkpoints (save_every, resume) are not supported with "
-                              f"{accelerator.distributed_type.value} yet; train with DDP, or set save_every=0.")
+    """DeepSpeed's engine keeps its states to itself and saves them in its own format, whose loader unpickles:
+    refuse before training. DDP, FSDP and a single process are supported."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise CheckpointError("Checkpoints (save_every, resume) are not supported with DeepSpeed: its engine saves "
+                              "its own checkpoint format, which unpickles on load. Train with DDP or FSDP, or set "
+                              "save_every=0.")
+
+
+def _sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _torch_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside Accelerate's `AcceleratedOptimizer` (whose `step` also drives the grad scaler)."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 # --------------------------------------------------------------------------- saving
@@ -90,9 +110,15 @@ def save_checkpoint(accelerator: Accelerator, args: Any, step: int, state: Train
 
 def _write_all(accelerator: Accelerator, staging: Path, final: Path, step: int, state: TrainState) -> None:
     _write_rng(staging, accelerator.process_index)
-    model_state = accelerator.get_state_dict(state.model)  # every process takes part
+    optimizer_state = None  # without FSDP, the main process reads it from the optimizer
+    if _sharded(accelerator):  # every process takes part: full states on the main process's CPU, {} elsewhere
+        options = dsd.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state, optimizer_state = dsd.get_state_dict(state.model, _torch_optimizer(state.optimizer),
+                                                          options=options)
+    else:
+        model_state = accelerator.get_state_dict(state.model)  # every process takes part
     if accelerator.is_main_process:
-        _write_main(staging, accelerator, step, state, model_state)
+        _write_main(staging, accelerator, step, state, model_state, optimizer_state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
@@ -102,11 +128,13 @@ def _write_all(accelerator: Accelerator, staging: Path, final: Path, step: int, 
 
 
 def _write_main(staging: Path, accelerator: Accelerator, step: int, state: TrainState,
-                model_state: dict[str, torch.Tensor]) -> None:
+                model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None) -> None:
     # Copies: safetensors refuses tensors that share memory (tied embeddings), and the file must not alias training.
     tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model_state.items()}
     atomic_write_bytes(staging / "model.safetensors", save_safetensors(tensors))
-    optimizer_tensors, optimizer_meta = _split_optimizer(state.optimizer.state_dict())
+    if optimizer_state is None:
+        optimizer_state = state.optimizer.state_dict()
+    optimizer_tensors, optimizer_meta = _split_optimizer(optimizer_state)
     atomic_write_bytes(staging / "optimizer.safetensors", save_safetensors(optimizer_tensors))
     atomic_write_text(staging / "optimizer.json", json.dumps(optimizer_meta))
     atomic_write_text(staging / "scheduler.json", json.dumps(state.scheduler.state_dict()))
@@ -117,7 +145,8 @@ def _write_main(staging: Path, accelerator: Accelerator, step: int, state: Train
 
 
 def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer state dict as safetensors tensors (`<param id>.<name>`) plus JSON for everything else."""
+    """An optimizer state dict as safetensors tensors (`<param>.<name>`) plus JSON for everything else. Its
+    parameters are numbers, or (from FSDP's `get_state_dict`) names, which hold dots: the state names do not."""
     tensors, state = {}, {}
     for param_id, entry in state_dict["state"].items():
         state[str(param_id)] = {}
@@ -282,13 +311,18 @@ def _read(path: Path, kind: str) -> Any:
 def _read_optimizer(path: Path, rank: int) -> dict[str, Any]:
     tensors, meta = _read(path / "optimizer.safetensors", "safetensors"), _read(path / "optimizer.json", "json")
     try:
-        state = {int(param_id): dict(entry) for param_id, entry in meta["state"].items()}
+        state = {_param_key(param): dict(entry) for param, entry in meta["state"].items()}
         for key, tensor in tensors.items():
-            param_id, name = key.split(".", 1)
-            state[int(param_id)][name] = tensor
+            param, name = key.rsplit(".", 1)
+            state[_param_key(param)][name] = tensor
         return {"state": state, "param_groups": list(meta["param_groups"])}
     except (KeyError, ValueError, TypeError, AttributeError) as error:
         raise _unsafe_file(path / "optimizer.json", error) from error
+
+
+def _param_key(key: str) -> int | str:
+    """A parameter number (saved without FSDP) as the int torch's optimizer uses; a parameter name as it is."""
+    return int(key) if key.isdecimal() else key
 
 
 def _read_scheduler(path: Path, rank: int) -> dict[str, Any]:
@@ -321,12 +355,16 @@ def _apply(accelerator: Accelerator, state: TrainState, loaded: _Loaded, accumul
     """Load what was read into the model, optimizer, scheduler, scaler and generators."""
     parts = loaded.parts
     try:
-        accelerator.unwrap_model(state.model).load_state_dict(loaded.model)
+        if _sharded(accelerator):  # every process passes the full state it read and keeps its shard
+            full = dsd.StateDictOptions(full_state_dict=True)
+            dsd.set_model_state_dict(state.model, _in_one_order(loaded.model), options=full)
+        else:
+            accelerator.unwrap_model(state.model).load_state_dict(loaded.model)
     except RuntimeError as error:
         raise CheckpointError(f"{loaded.path / 'model.safetensors'} does not fit this model: {error}") from error
     try:
         if "optimizer state" in parts:
-            state.optimizer.load_state_dict(parts["optimizer state"])
+            _load_optimizer(accelerator, state, parts["optimizer state"])
         if "scheduler state" in parts:
             state.scheduler.load_state_dict(parts["scheduler state"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
@@ -337,6 +375,38 @@ def _apply(accelerator: Accelerator, state: TrainState, loaded: _Loaded, accumul
     if "RNG state" in parts:
         _set_rng(*parts["RNG state"])
     accelerator.step = loaded.step * accumulation  # Accelerate's micro-batch count (restored by its load_state too)
+
+
+def _load_optimizer(accelerator: Accelerator, state: TrainState, saved: dict[str, Any]) -> None:
+    if not _sharded(accelerator):
+        state.optimizer.load_state_dict(saved)
+        return
+    optimizer = _torch_optimizer(state.optimizer)  # every process passes the full state it read, keeps its shard
+    saved = _in_one_order(_keyed_by_name(state.model, optimizer, saved))
+    dsd.set_optimizer_state_dict(state.model, optimizer, saved, options=dsd.StateDictOptions(full_state_dict=True))
+
+
+def _in_one_order(state: dict[Any, Any]) -> dict[Any, Any]:
+    """`state` with its keys (and those of the dicts in it) sorted. FSDP shards each tensor with a collective, in
+    the dict's order, which must be the same on every process; safetensors loads its tensors in a random order."""
+    return {key: _in_one_order(value) if isinstance(value, dict) else value
+            for key, value in sorted(state.items(), key=lambda item: str(item[0]))}
+
+
+def _keyed_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with parameter names for its parameter numbers (a checkpoint saved without FSDP), as torch's
+    `set_optimizer_state_dict` needs. The numbers follow the optimizer's parameter order, as `load_state_dict` reads
+    them, and so do the names torch's `get_optimizer_state_dict` lists."""
+    numbers = [number for group in saved["param_groups"] for number in group["params"]]
+    if not all(isinstance(number, int) for number in [*numbers, *saved["state"]]):
+        return saved
+    current = dsd.get_optimizer_state_dict(model, optimizer)["param_groups"]  # this process's shards: no gathering
+    names = [name for group in current for name in group["params"]]
+    if len(names) != len(numbers):
+        raise ValueError(f"the saved optimizer state holds {len(numbers)} parameters, this optimizer {len(names)}")
+    name = dict(zip(numbers, names, strict=True))
+    groups = [group | {"params": [name[number] for number in group["params"]]} for group in saved["param_groups"]]
+    return {"state": {name[number]: entry for number, entry in saved["state"].items()}, "param_groups": groups}
 
 
 def _set_rng(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> None:
