@@ -237,6 +237,16 @@ def _flex_sized(call: KernelCall) -> bool:
     return _flex_device(call.query.device) and call.query.shape[2] >= FLEX_MIN_QUERY_LEN
 
 
+def _flex_blocks(call: KernelCall) -> bool:
+    """`_flex_sized`, unless a per-row block mask (padding, packed rows) would be built inside a compiled graph:
+    inductor fails on it once Dynamo makes the length symbolic, as it does from the second length a compiled model
+    sees (torch 2.11, H200: `CantSplit` on the block count in create_block_mask). SDPA with the bias serves those
+    calls at any length; compiled unpadded calls keep flex (their block masks compile)."""
+    mask = call.mask
+    per_row = mask.offset is None and (mask.key_padding is not None or mask.segments is not None)
+    return _flex_sized(call) and not (per_row and torch.compiler.is_compiling())
+
+
 def _cudnn_exact(call: KernelCall) -> bool:
     """Queries and keys are the same unpadded tokens (no cache prefix) of a plain causal ALiBi model with the
     paper's slopes: what cuDNN's built-in ALiBi computes (top-left causal, slopes from the head count, bias_max 8)."""
@@ -318,7 +328,7 @@ KERNEL_RULES: tuple[tuple[str, tuple[str, ...], Callable[[KernelCall], bool]], .
     ("flash",         ("flash_attention_2",),  _always),
     ("cudnn",         _SDPA_FLEX,              _cudnn_exact),  # training and prefill; fwd+bwd 0.91x of unbiased
     ("triton",        ("flex_attention",),     _triton_prompt),  # inference; 0.79x of unbiased flash vs flex's 0.50x
-    ("flex",          ("flex_attention",),     _flex_sized),  # CUDA, >= FLEX_MIN_QUERY_LEN queries
+    ("flex",          ("flex_attention",),     _flex_blocks),  # CUDA, >= FLEX_MIN_QUERY_LEN queries
     ("triton_decode", _SDPA_FLEX,              _triton_decode_step),  # split-K over every SM
     ("matmul",        _SDPA_FLEX,              _decode_step),  # other decode steps: eager without weights
     ("sdpa_causal",   _SDPA_FLEX,              _plain_causal_square),  # baselines: SDPA's own flash kernel

@@ -8,6 +8,7 @@ Hub payload: imports only torch, the standard library and alibi_mask.py.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -67,14 +68,20 @@ def flex_block_mask(mask: AlibiAttentionMask, q_len: int, k_len: int, device: to
         # Compiling it builds that block by block, needed when the mask is per head (256 GiB dense at 65,536 tokens).
         heads = None if max_distance is None else max_distance.shape[0]
         batch = mask.query_positions.shape[0]
-        mask.block_mask = create_block_mask(
-            mask_mod, batch, heads, q_len, k_len, device=device, BLOCK_SIZE=FLEX_BLOCK_SIZE, _compile=heads is not None
-        )
+        build = _compiled_create_block_mask() if heads is not None else create_block_mask
+        mask.block_mask = build(mask_mod, batch, heads, q_len, k_len, device=device, BLOCK_SIZE=FLEX_BLOCK_SIZE)
     if cache_key is not None:
         if len(_FLEX_BLOCK_MASKS) >= 16:
             _FLEX_BLOCK_MASKS.pop(next(iter(_FLEX_BLOCK_MASKS)))
         _FLEX_BLOCK_MASKS[cache_key] = mask.block_mask
     return mask.block_mask
+
+
+@functools.cache
+def _compiled_create_block_mask() -> Callable:
+    """create_block_mask under torch.compile, which evaluates mask_mod block by block: what its `_compile=True`
+    did before torch deprecated the flag for exactly this call."""
+    return torch.compile(create_block_mask)
 
 
 def _flex_mask_mod(mask: AlibiAttentionMask, offset: int | None) -> Callable:

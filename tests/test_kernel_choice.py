@@ -94,6 +94,17 @@ def test_each_call_gets_the_kernel_of_its_row(kernels, name):
     assert choose_kernel(kernel_call) == expected
 
 
+@pytest.mark.parametrize("name", ["padded", "packed-rows", "training", "window", "truncated", "fp32"])
+def test_compiled_per_row_masks_leave_flex_for_sdpa(kernels, monkeypatch, name):
+    """Inside torch.compile, padding and packed rows (a per-row block mask, which inductor fails on at symbolic
+    lengths) go to SDPA with the bias; calls whose block mask does not depend on the row keep their kernel."""
+    packed_rows = call(segments=torch.zeros(1, 128, dtype=torch.long), offset=None)  # as build_attention_mask makes
+    kernel_call, expected = (packed_rows, "flex") if name == "packed-rows" else CASES[name]
+    assert choose_kernel(kernel_call) == expected
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert choose_kernel(kernel_call) == ("sdpa_bias" if name in ("padded", "packed-rows") else expected)
+
+
 def test_switching_cudnn_off_falls_back(kernels, monkeypatch):
     monkeypatch.setattr(attention, "CUDNN_ALIBI", False)
     assert choose_kernel(call()) == "flex" and choose_kernel(call(needs_grad=False)) == "triton"

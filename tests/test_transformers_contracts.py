@@ -239,18 +239,19 @@ def test_a_static_cache_decode_step_traces_as_one_graph():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager_step", "compiled"])
+@pytest.mark.parametrize("compiled", [False, True, "dynamic"], ids=["eager_step", "compiled", "compiled_dynamic"])
 @pytest.mark.parametrize("implementation", ["flex_attention", "sdpa"])
 def test_gpu_packed_rows_train_like_eager(implementation, compiled):
     """Padding-free training on the GPU backends (flex: a per-row document mask and position score_mod): loss
-    and every gradient equal fp32 eager's on the same packed batch, compiled or not."""
+    and every gradient equal fp32 eager's on the same packed batch, compiled or not. `dynamic` compiles with
+    symbolic lengths, as Dynamo does from the second length a compiled model sees (packed batches vary)."""
     from conftest import model_pair
 
     reference, fast = model_pair(4, implementation)
     lengths = (150, 40, 300, 22)  # documents of 512 tokens, cut across flex's 128-token blocks
     position_ids = torch.cat([torch.arange(n) for n in lengths])[None].cuda()  # (1, 512)
     input_ids = torch.randint(3, 99, (1, sum(lengths)), device="cuda")
-    step = torch.compile(fast) if compiled else fast
+    step = torch.compile(fast, dynamic=compiled == "dynamic") if compiled else fast
     losses = []
     for model in (reference.train(), step.train()):
         out = model(input_ids=input_ids, position_ids=position_ids, labels=input_ids)
