@@ -5,7 +5,8 @@ benchmarks/cudnn_bench.py) this op's forward+backward runs at 0.85x (4K tokens x
 of unbiased causal SDPA, and 1.4x, 2.5x and 2.3x faster than the model's flex backend; its forward alone is 0.84-0.86x
 of unbiased SDPA, 1.1-1.25x faster than the Triton kernel the model uses for inference. Its host cost per call is
 higher than SDPA's (about 70 us forward, 600 us forward+backward through autograd, against 17 and 125 us;
-benchmarks/cudnn_host_profile.py), which shows at small shapes unless CUDA graphs replay the step.
+benchmarks/cudnn_host_profile.py), which shows at small shapes unless CUDA graphs replay the step; eager calls
+therefore skip the custom ops' dispatch (`_EagerCudnnAlibi`).
 
 What it computes, exactly (and nothing else):
     out[b, h, i] = sum_j softmax_j(scale * q_i.k_j - m_h * (i - j)) v_j   over keys j <= i,
@@ -281,6 +282,24 @@ def _grad(ctx: Any, grad_out: torch.Tensor, grad_stats: torch.Tensor | None) -> 
 _forward_op.register_autograd(_grad, setup_context=_setup_context)
 
 
+class _EagerCudnnAlibi(torch.autograd.Function):
+    """The same forward and backward for eager calls, without the custom ops' dispatch: torch.library's Python
+    custom ops and their autograd wrapper cost ~0.7 ms of host time per forward+backward (H200, 4K x 4 tokens:
+    1.17 ms per step through the ops against 1.08 ms of GPU time; benchmarks/cudnn_kernel_trace.py), which
+    uncompiled training pays in every layer. torch.compile traces the custom ops instead."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+        out, stats = _forward(query, key, value, scale)
+        ctx.save_for_backward(query, key, value, out, stats)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+        return (*_backward(grad_out, *ctx.saved_tensors, ctx.scale), None)
+
+
 def alibi_cudnn_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor:
     """Causal ALiBi attention (paper slopes for h heads, bias_max 8) on cuDNN's fused SDPA, differentiable.
 
@@ -300,4 +319,6 @@ def alibi_cudnn_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
         x if x.stride() == _bshd_strides(*x.shape) else x.transpose(1, 2).contiguous().transpose(1, 2)
         for x in (query, key, value)
     )
-    return _forward_op(query, key, value, float(scaling))[0]
+    if torch.compiler.is_compiling():
+        return _forward_op(query, key, value, float(scaling))[0]
+    return _EagerCudnnAlibi.apply(query, key, value, float(scaling))
