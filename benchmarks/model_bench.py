@@ -29,6 +29,8 @@ have room for their estimated cost, else recorded as skipped):
                   generate() does it (`torch.compile(model, mode="reduce-overhead")`, CUDA graphs).
   train_compiled  training rows for `torch.compile(model)` and `torch.compile(model, mode="reduce-overhead")`
                   (CUDA graphs for forward and backward); CUDA only.
+  serve           bench_serve.py: batch 32 x 2,048-token prompts, 256 new tokens each, ours (plain generate())
+                  against BLOOM and MPT; and the longest prompt decoded with a full cache (256K, 512K, 1M).
 
 The default run (all parts, then the extras that fit) is sized for < 9 minutes on one H100. It prints one
 progress line per case, then one compact table, and writes `$OUT/model_bench.json` (`--out`) after every case,
@@ -65,21 +67,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the parts and 
 import bench_decode  # noqa: E402
 import bench_precision  # noqa: E402
 import bench_prompt  # noqa: E402
+import bench_serve  # noqa: E402
 import bench_train  # noqa: E402
 from harness import Bench  # noqa: E402
 
 PARTS = ("train", "prompt", "decode", "precision")
 # Optional extras, run after the parts only while the time budget (--budget) has room for their cost.
-EXTRAS = ("long_static", "train_compiled")
+EXTRAS = ("long_static", "train_compiled", "serve")
 # Each part's and extra's function of the Bench, and each part's section of the table.
 RUN = {"train": bench_train.run, "prompt": bench_prompt.run, "decode": bench_decode.run,
        "precision": bench_precision.run, "long_static": bench_decode.extra_long_static,
-       "train_compiled": bench_train.extra_compiled}
+       "train_compiled": bench_train.extra_compiled, "serve": bench_serve.run}
 REPORT = {"train": bench_train.report, "prompt": bench_prompt.report, "decode": bench_decode.report,
-          "precision": bench_precision.report}
+          "precision": bench_precision.report, "serve": bench_serve.report}
 # Rough cost in seconds on one H100 of the optional extras (mostly compilation); each runs only when the budget
 # has that much left.
-EXTRA_COST = {"long_static": 110, "train_compiled": 220}
+EXTRA_COST = {"long_static": 110, "train_compiled": 220, "serve": 240}
 
 
 def run(bench: Bench) -> None:
@@ -114,7 +117,7 @@ def report(result: dict) -> str:
     m = result["meta"]
     lines = [f"== model_bench | {m['device']} | torch {m['torch']} | transformers {m['transformers']} | "
              f"bf16 matmul {m.get('matmul_tflops', '-')} TFLOP/s | copy {m.get('copy_gb_s', '-')} GB/s"]
-    for name in PARTS:
+    for name in REPORT:
         if name in result:
             lines += REPORT[name](result[name])
     lines.append("[time s] " + ", ".join(f"{k} {v}" for k, v in result["timings_s"].items())
