@@ -16,9 +16,9 @@ def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("model_bench")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OUT": str(out)}
     command = [sys.executable, str(ROOT / "benchmarks" / "model_bench.py"), "--device", "cpu", "--quick",
-               "--parts", "prompt,decode,precision", "--out", str(out)]
-    # About 70 s on 2 idle cores, 16 s of it measuring the CPU's rates; the limit only catches a hang.
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+               "--parts", "prompt,decode,precision,serve", "--out", str(out)]
+    # About 80 s on 2 idle cores, 16 s of it measuring the CPU's rates; the limit only catches a hang (shared cores).
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== model_bench" in done.stdout  # the final table
     return json.loads((out / "model_bench.json").read_text())
@@ -36,12 +36,18 @@ def test_json_has_every_part_and_no_errors(bench):
         assert {"length", "prefill_s", "generate_s", "gen_tok_s", "extra_bytes", "kv_bytes"} <= row.keys()
     assert set(prompt["peer_longest"]) == {"bloom", "mpt"}
     decode = bench["decode"]
-    assert [row["model"] for row in decode["rows"]] == ["alibi dynamic", "alibi static", "alibi graph", "bloom", "mpt"]
+    assert [row["model"] for row in decode["rows"]] == ["alibi generate()", "alibi dynamic", "alibi static",
+                                                        "alibi graph", "bloom", "mpt"]
     assert all(row["status"] == "ok" and row["tok_s"] > 0 for row in decode["rows"])
     assert {"alibi static / bloom", "alibi dynamic / mpt"} <= decode["ratios"].keys()
     assert [row["cache"] for row in decode["long"]] == ["dynamic", "graph"]  # the long_static extra was not asked for
     assert all(row["status"] == "ok" and row["per_token_ms"] > 0 for row in decode["long"])
     assert decode["hbm"]["limit_ms"] > 0 and decode["hbm"]["best_ms"] > 0
+    serve = bench["serve"]
+    assert [row["model"] for row in serve["rows"]] == ["alibi generate()", "bloom", "mpt"]
+    assert all(row["status"] == "ok" and row["new_tokens"] == serve["new_tokens"] for row in serve["rows"])
+    assert set(serve["ratios"]) == {"bloom", "mpt"}
+    assert [row["status"] for row in serve["longest"]] == ["ok", "ok"]
     precision = bench["precision"]
     assert precision["reference"]["status"] == "ok"
     (row,) = precision["rows"]  # sdpa is the default on CPU: one row
