@@ -27,13 +27,7 @@ def run(bench: Bench) -> None:
     for key, window, lengths in series:
         model = bench.ours(attention_window=window)
         part["backend"] = model.config._attn_implementation
-        for length in lengths:
-            row = bench.case(f"prompt {key} {length}", prompt_case, bench, model, length)
-            row.setdefault("length", length)
-            part[key].append(row)
-            bench.save()
-            if row["status"] != "ok":
-                break
+        bench.series(part[key], f"prompt {key}", prompt_case, model, lengths)
         del model
     for name, make in bench.peers():
         model = bench.build(make)

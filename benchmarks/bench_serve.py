@@ -35,13 +35,7 @@ def run(bench: Bench) -> None:
     model = bench.ours()
     part["rows"].append(dict(model="alibi generate()", **bench.case("serve alibi", batched_rate, bench, model, shape)))
     bench.save()
-    for length in QUICK_LONGEST if quick else LONGEST:
-        row = bench.case(f"serve longest {length}", longest_case, bench, model, length)
-        row.setdefault("length", length)
-        part["longest"].append(row)
-        bench.save()
-        if row["status"] != "ok":
-            break
+    bench.series(part["longest"], "serve longest", longest_case, model, QUICK_LONGEST if quick else LONGEST)
     del model
     for name, make in bench.peers():
         model = bench.build(make)

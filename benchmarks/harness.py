@@ -108,6 +108,17 @@ class Bench:
         if self.cuda:
             torch.cuda.empty_cache()
 
+    def series(self, rows: list, label: str, fn, model, lengths) -> None:
+        """Cases `fn(self, model, length)` of growing length, appended to `rows` (and saved) one by one, until
+        the first that is not ok: a longer one would fail too (out of memory)."""
+        for length in lengths:
+            row = self.case(f"{label} {length}", fn, self, model, length)
+            row.setdefault("length", length)
+            rows.append(row)
+            self.save()
+            if row["status"] != "ok":
+                break
+
     def case(self, name: str, fn, *args, **kwargs) -> dict:
         """Run one case: returns its dict with status ok / oom / error, and memory fields."""
         self.clean()
