@@ -10,18 +10,18 @@ preallocated buffers, so it is captured once as a CUDA graph and replayed per to
     sequences = graph_generate(model, input_ids, max_new_tokens=128)   # greedy; do_sample=True to sample
 
 A plain greedy `model.generate(...)` on CUDA comes here by itself (`alibi_generation.AlibiGenerationMixin.generate`).
-Hub payload: imports only torch, transformers, the standard library and its sibling files.
 
 The cache is a `StaticCache` of prompt + max_new_tokens slots (or `max_cache_len`; a sliding-window cache when the
 model has `attention_window`), so positions far beyond the training length are plain integers in the ALiBi bias.
 The cache and the graph are kept for the next call with the same settings. On CPU, or with `cuda_graph=False`,
 the same step runs as an ordinary loop; greedy results equal `generate`'s.
+
+Hub payload: imports only torch, transformers, the standard library and its sibling files.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +30,6 @@ from transformers import GenerationConfig, StaticCache
 
 if TYPE_CHECKING:  # the model module imports this one (generate's fast path), not the other way round
     from .modeling_alibi import AlibiForCausalLM
-
-logger = logging.getLogger(__name__)
 
 # A plain greedy `generate()` on these devices runs `graph_generate`; an empty tuple keeps transformers' loop.
 GRAPH_GENERATE_DEVICES: tuple[str, ...] = ("cuda",)
@@ -317,9 +315,12 @@ def greedy_generate_call(model: AlibiForCausalLM, inputs: Any, generation_config
 
 def _generate_mask(input_ids: torch.Tensor, mask: torch.Tensor | None, pad: int | None,
                    eos: int | None) -> torch.Tensor | None:
-    """generate()'s rule: without a mask, the pad token marks padding when it appears and is not the end token."""
-    if mask is not None or pad is None or pad == eos or not bool((input_ids == pad).any()):
-        return mask
+    """generate()'s rule: without a mask, the pad token marks padding when it appears and is not the end token.
+    A mask of ones is no mask (pipelines pass one): the prompt then takes the unpadded prefill path."""
+    if mask is not None:
+        return None if bool(mask.all()) else mask
+    if pad is None or pad == eos or not bool((input_ids == pad).any()):
+        return None
     return input_ids.ne(pad).long()
 
 

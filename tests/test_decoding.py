@@ -141,9 +141,10 @@ def transformers_loop(model, input_ids, **kwargs):
         dict(max_new_tokens=30, eos_token_id="third"),  # rows end early, padded after their end token
         dict(max_new_tokens=30, eos_token_id="third-list"),  # one end token given as a list
         dict(max_new_tokens=30, no_mask=True),  # the pad token marks padding: generate infers the mask
+        dict(max_new_tokens=30, ones_mask=True),  # unpadded rows with a mask of ones (pipelines pass one)
         dict(max_new_tokens=30, temperature=0.7, top_p=0.9),  # sampling warpers: ignored by greedy search
     ],
-    ids=["new", "max_length", "eos", "eos_list", "inferred_mask", "ignored_warpers"],
+    ids=["new", "max_length", "eos", "eos_list", "inferred_mask", "ones_mask", "ignored_warpers"],
 )
 def test_plain_greedy_generate_is_graph_decoded_and_equals_transformers_loop(graph_calls, kwargs):
     model = tiny_model(4, "sdpa").eval()
@@ -151,6 +152,9 @@ def test_plain_greedy_generate_is_graph_decoded_and_equals_transformers_loop(gra
     kwargs = dict(kwargs)
     if kwargs.pop("no_mask", False):
         mask = None
+    elif kwargs.pop("ones_mask", False):
+        input_ids = input_ids[:, -7:]  # the shortest row is 7 tokens: no padding left
+        mask = kwargs["attention_mask"] = torch.ones_like(input_ids)
     else:
         kwargs["attention_mask"] = mask
     if "eos_token_id" in kwargs:
