@@ -49,6 +49,12 @@ import torch
 
 __all__ = ["alibi_cudnn_attention", "is_supported"]
 
+try:  # the tracer's dispatch mode (make_fx, export), if any; private, so absent means "never traced this way"
+    from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
+except ImportError:  # pragma: no cover
+    def _current_dispatch_mode() -> None:
+        return None
+
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 128
 # Built graphs kept per process; the oldest goes first. Training uses one shape; varied prompt lengths would
@@ -319,6 +325,16 @@ def alibi_cudnn_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
         x if x.stride() == _bshd_strides(*x.shape) else x.transpose(1, 2).contiguous().transpose(1, 2)
         for x in (query, key, value)
     )
-    if torch.compiler.is_compiling():
+    if _traced(query):
         return _forward_op(query, key, value, float(scaling))[0]
     return _EagerCudnnAlibi.apply(query, key, value, float(scaling))
+
+
+def _traced(query: torch.Tensor) -> bool:
+    """Whether a tracer sees this call (torch.compile, torch.export, make_fx): fake or functional tensors, or a
+    dispatch mode in force. Tracers must meet the custom ops; only real tensors take the autograd.Function."""
+    return (
+        torch.compiler.is_compiling()
+        or type(query) is not torch.Tensor
+        or _current_dispatch_mode() is not None
+    )
