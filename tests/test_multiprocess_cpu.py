@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_training import _free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,12 +26,6 @@ def readme_command() -> list[str]:
     lines = re.findall(r"^ACCELERATE_USE_CPU=true accelerate launch .*$", (REPO / "README.md").read_text(), re.M)
     assert len(lines) == 1, "the README documents one two-process CPU command"
     return shlex.split(lines[0])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow  # two interpreters, torchrun and a training step: about a minute on 2 cores

@@ -29,7 +29,14 @@ from modeling_alibi.errors import UserError
 from modeling_alibi.io_utils import DirectoryLockedError, DiskFullError, atomic_write_text, cleanup_staging
 from modeling_alibi.training import checkpoint, loop, train
 from modeling_alibi.training.checkpoint import MARKER, CheckpointError, TrainState, resume_from_checkpoint
-from tests.test_training import REPO, _free_port, metrics, reset_accelerate, run_args, write_corpus
+from tests.test_training import (
+    REPO,
+    launch_two_cpu_processes,
+    metrics,
+    reset_accelerate,
+    run_args,
+    write_corpus,
+)
 
 STATE_FILES = ["model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_0.safetensors",
                "rng_0.json", "progress.json"]
@@ -496,23 +503,11 @@ def test_export_with_a_wrong_tensor_is_refused(corpus: Path, run: Path, monkeypa
 # --------------------------------------------------------------------------- several processes
 
 
-def _launch_two_processes(args) -> subprocess.CompletedProcess:
-    """scripts/train.py on 2 CPU processes over gloo (DDP), as test_training's parity test launches it."""
-    flags = [f"--{k}={v}" for k, v in vars(args).items() if v is not None and not isinstance(v, list)]
-    flags += ["--train_files", *args.train_files, "--validation_files", *args.validation_files]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"), *flags]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-                        "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_two_process_resume_reproduces_the_uninterrupted_run(corpus: Path, tmp_path: Path):
     """Each process saves and restores its own RNG state (rng_0, rng_1); the resumed curve is the same (~70 s)."""
     whole = args_for(corpus, tmp_path / "whole", max_steps=6, per_device_train_batch_size=2)
-    result = _launch_two_processes(whole)
+    result = launch_two_cpu_processes(whole)
     assert result.returncode == 0, result.stderr[-4000:]
     step_6 = tmp_path / "whole" / "checkpoints" / "step_6"
     assert {"rng_0.json", "rng_1.json", "rng_0.safetensors", "rng_1.safetensors"} <= set(os.listdir(step_6))
@@ -520,7 +515,7 @@ def test_two_process_resume_reproduces_the_uninterrupted_run(corpus: Path, tmp_p
     shutil.rmtree(cut / "checkpoints" / "step_6")
     shutil.rmtree(cut / "final")
     resumed = args_for(corpus, cut, max_steps=6, per_device_train_batch_size=2, resume="latest")
-    result = _launch_two_processes(resumed)
+    result = launch_two_cpu_processes(resumed)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Resumed from" in result.stderr and "step_4 at step 4" in result.stderr
     expected, actual = metrics(tmp_path / "whole"), metrics(cut)

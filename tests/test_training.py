@@ -248,16 +248,7 @@ def test_two_process_ddp_matches_one_process(workdir: Path):
     single = run_args(workdir, "ddp-1", dropout=0.0, max_steps=4)
     train(single)
     double = run_args(workdir, "ddp-2", dropout=0.0, max_steps=4, per_device_train_batch_size=2)
-    flags = [f"--{k}={v}" for k, v in vars(double).items() if v is not None and not isinstance(v, list)]
-    flags += ["--train_files", *double.train_files, "--validation_files", *double.validation_files]
-    # `accelerate launch --cpu --num_processes 2` starts several processes only through mpirun; the torchrun
-    # launcher (--multi_gpu) with ACCELERATE_USE_CPU starts 2 CPU processes that join over gloo (MULTI_CPU).
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"), *flags]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-                        "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = launch_two_cpu_processes(double)
     assert result.returncode == 0, result.stderr[-4000:]
     one, two = metrics(Path(single.output_dir)), metrics(Path(double.output_dir))
     assert list(two) == [1, 2, 3, 4]
@@ -268,18 +259,27 @@ def test_two_process_ddp_matches_one_process(workdir: Path):
         torch.testing.assert_close(final_weights(Path(double.output_dir))[name], tensor, rtol=0, atol=1e-4, msg=name)
 
 
-def _launch_fsdp2(args: TrainArguments, script: Path = REPO / "benchmarks" / "compare_runs.py"):
-    """`train-fsdp-cpu` (configuration/accelerate/fsdp.yaml, FSDP2 forced on 2 CPU processes over gloo)."""
+def launch_two_cpu_processes(args: TrainArguments, launcher: tuple[str, ...] = ("--multi_gpu",),
+                             script: tuple[str, ...] = (str(REPO / "scripts" / "train.py"),)):
+    """`accelerate launch` of `script` with `args` as its flags, on 2 CPU processes that join over gloo.
+
+    The default launcher: `accelerate launch --cpu --num_processes 2` starts several processes only through mpirun;
+    the torchrun launcher (--multi_gpu) with ACCELERATE_USE_CPU starts 2 CPU processes (MULTI_CPU, DDP)."""
     flags = [f"--{k}={v}" for k, v in vars(args).items() if v is not None and not isinstance(v, list)]
     flags += ["--train_files", *args.train_files, "--validation_files", *args.validation_files]
-    # On the CPU Accelerate runs an FSDP config as DDP; `train-fsdp-cpu` switches its FSDP2 path on.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "configuration" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(script), "train-fsdp-cpu", *flags]
+               "--main_process_port", str(_free_port()), *script, *flags]
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
                         "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _launch_fsdp2(args: TrainArguments, script: Path = REPO / "benchmarks" / "compare_runs.py"):
+    """`train-fsdp-cpu` (configuration/accelerate/fsdp.yaml, FSDP2 forced on 2 CPU processes over gloo). On the
+    CPU Accelerate runs an FSDP config as DDP; `train-fsdp-cpu` switches its FSDP2 path on."""
+    return launch_two_cpu_processes(args, ("--config_file", str(REPO / "configuration" / "accelerate" / "fsdp.yaml")),
+                                    (str(script), "train-fsdp-cpu"))
 
 
 def test_two_process_fsdp2_matches_one_process_and_exports_plain_model(workdir: Path):
