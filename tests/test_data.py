@@ -236,7 +236,7 @@ def test_text_source_needs_exactly_one_origin():
 
 
 def test_cache_folders_get_the_default_permissions(tmp_path):
-    """Cache entries are staged in a temporary folder (mode 0700) and renamed: they end with the umask's mode."""
+    """Cache entries are staged in a sibling folder and renamed: they end with the umask's mode, not mkdtemp's 0700."""
     with data._atomic_dir(tmp_path / "entry") as staging:
         (staging / "file").write_text("x")
     umask = os.umask(0)

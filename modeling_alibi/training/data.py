@@ -32,6 +32,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..errors import InputError, not_utf8
 from ..fairseq.dictionary import SPECIAL_SYMBOLS, FairseqDictionary, build_fairseq_dictionary, fairseq_tokenizer
+from ..io_utils import staging_path
 from ..tokenization import PADDING_SIDE, save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -212,10 +213,8 @@ def load_or_train_tokenizer(
 def _atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder that is renamed to `path` on success, so no reader sees half an entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the shared cache private to one user
+    tmp = staging_path(path)
+    tmp.mkdir()  # with the umask's mode: the cache is shared (mkdtemp's 0700 would make it private to one user)
     try:
         yield tmp
         if not path.exists():  # another process may have finished the same entry first; both are identical
