@@ -2,6 +2,7 @@
 parity (FSDP2 resume too)."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import datasets
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
@@ -123,10 +124,44 @@ def test_arguments_validate_sizes_and_sources():
         TrainArguments(train_files=["a.txt"], seq_len=0)
 
 
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], None), (["--torch_compile"], True), (["--torch_compile", "true"], True), (["--torch_compile", "false"], False),
+], ids=["unset", "bare", "true", "false"])
+def test_torch_compile_flag_forms(flags: list[str], expected: bool | None):
+    """Unset leaves the choice to the device (None); a bare flag means true, as for the plain bool flags."""
+    assert parse_args(["--train_files", "a.txt", *flags]).torch_compile is expected
+
+
+def test_torch_compile_from_yaml(tmp_path: Path):
+    preset = tmp_path / "run.yaml"
+    preset.write_text("train_files: [a.txt]\n")
+    assert parse_args(["--config", str(preset)]).torch_compile is None
+    preset.write_text("train_files: [a.txt]\ntorch_compile: false\n")
+    assert parse_args(["--config", str(preset)]).torch_compile is False
+    assert parse_args(["--config", str(preset), "--torch_compile"]).torch_compile is True  # the flag wins
+
+
+@pytest.mark.parametrize(("setting", "device", "expected"), [
+    (None, "cpu", False), (None, "mps", False), (None, "cuda", True),
+    (True, "cpu", True), (True, "cuda", True), (False, "cpu", False), (False, "cuda", False),
+])
+def test_training_step_compiles_on_cuda_unless_told(caplog, setting: bool | None, device: str, expected: bool):
+    """The decision needs only the device's type, so a CUDA device object stands in for a GPU."""
+    PartialState(cpu=True)  # Accelerate's logger refuses to log before a state exists
+    caplog.set_level(logging.INFO, logger=loop.__name__)
+    args = TrainArguments(train_files=["a.txt"], torch_compile=setting)
+    assert loop.compile_training_step(args, torch.device(device)) is expected
+    (message,) = [record.getMessage() for record in caplog.records if record.name == loop.__name__]
+    path = "torch.compile" if expected else "eager, not compiled"
+    reason = f"--torch_compile {str(setting).lower()}" if setting is not None else f"the default on {device}"
+    assert f"Training step: {path} ({reason}" in message, message  # after Accelerate's "[RANK 0] "
+
+
 @pytest.mark.parametrize("preset", sorted((REPO / "configuration" / "train").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_train_presets_parse(preset: Path):
     args = parse_args(["--config", str(preset)])
     assert args.seq_len > 0 and args.train_files
+    assert args.torch_compile is None  # the presets leave compiling to the device (on for CUDA)
     model = REPO / "configuration" / "models" / f"{args.model}.json"
     assert AlibiConfig.from_json_file(model).position_encoding == "alibi"
 
@@ -179,14 +214,19 @@ def test_cpu_run_exports_a_loadable_model(workdir: Path):
         torch.testing.assert_close(tensor, first[name], rtol=0, atol=0, msg=name)
 
 
-def test_compiled_training_follows_the_eager_run(workdir: Path):
+def test_compiled_training_follows_the_eager_run(workdir: Path, caplog):
     """torch_compile=True trains the same model and exports it with its plain parameter names (~12 s on 2 cores,
-    most of it inductor compiling forward and backward for the CPU)."""
+    most of it inductor compiling forward and backward for the CPU). The default run on the CPU is not compiled."""
+    caplog.set_level(logging.INFO, logger=loop.__name__)
     # Dropout off: inductor draws its own random masks, so only a deterministic model can match step by step.
     eager = train(run_args(workdir, "eager-run", dropout=0.0))
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     compiled = train(run_args(workdir, "compiled-run", dropout=0.0, torch_compile=True))
+    messages = [record.getMessage() for record in caplog.records]
+    paths = [message[message.index("Training step:"):] for message in messages if "Training step:" in message]
+    assert paths == ["Training step: eager, not compiled (the default on cpu; --torch_compile true changes it).",
+                     "Training step: torch.compile (--torch_compile true)."]
     expected, actual = final_weights(eager.parent), final_weights(compiled.parent)
     assert actual.keys() == expected.keys()  # no "_orig_mod." prefixes
     for name in expected:

@@ -78,9 +78,13 @@ class TrainArguments:
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(default=None, metadata={
         "help": "Autocast precision; None takes it from `accelerate launch` / `accelerate config`."})
     seed: int = field(default=0, metadata={"help": "Seed of weight init, data order and dropout."})
-    torch_compile: bool = field(default=False, metadata={
+    # nargs/const: HfArgumentParser gives `bool | None` fields no bare-flag form, so `--torch_compile` alone would
+    # be refused; with them it means True, as it does for the plain bool fields.
+    torch_compile: bool | None = field(default=None, metadata={"nargs": "?", "const": True,
         "help": "Run the training forward and backward through torch.compile (one graph: packed batches need no "
-                "attention mask). The first steps compile; evaluation and export use the plain model."})
+                "attention mask). None (default): compiled on CUDA devices, not on CPU or MPS; "
+                "`--torch_compile true` / `--torch_compile false` forces it either way. The first steps compile; "
+                "evaluation and export use the plain model."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     # Evaluation, logging, checkpoints
     eval_every: int = field(default=0, metadata={"help": "Validate every N steps and at the end; 0 = only at the end."})

@@ -240,6 +240,19 @@ def _log(accelerator: Accelerator, args: TrainArguments, metrics: dict[str, floa
             os.fsync(f.fileno())
 
 
+def compile_training_step(args: TrainArguments, device: torch.device) -> bool:
+    """Whether `train_loop` runs the training step through torch.compile: `args.torch_compile` when set, else only on
+    CUDA, where the compiled step trains faster (README "Training speed", docs/benchmarks.md). CPU runs (tests, the
+    demo) are short, so inductor's compile time would dominate them; MPS has no compiled-training test here."""
+    if args.torch_compile is not None:
+        compiled, reason = args.torch_compile, f"--torch_compile {str(args.torch_compile).lower()}"
+    else:
+        compiled = device.type == "cuda"
+        reason = f"the default on {device.type}; --torch_compile {str(not compiled).lower()} changes it"
+    logger.info("Training step: %s (%s).", "torch.compile" if compiled else "eager, not compiled", reason)
+    return compiled
+
+
 def train_loop(
     accelerator: Accelerator,
     args: TrainArguments,
@@ -257,7 +270,7 @@ def train_loop(
     model, optimizer = state.model, state.optimizer
     # Compiled for the training step only: the wrapper shares the parameters, and evaluation (another shape,
     # no grad) and export keep the plain module.
-    forward = torch.compile(model) if args.torch_compile else model
+    forward = torch.compile(model) if compile_training_step(args, accelerator.device) else model
     # Resume position: step N has consumed N * k micro-batches (k = accumulation) of the seeded epoch order.
     epoch, skip = divmod(step * args.gradient_accumulation_steps, len(train_loader))
     meter = _Meter(_tokens_per_step(args, accelerator.num_processes), step, args.gradient_accumulation_steps)
@@ -485,6 +498,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "claim_output_dir",
+    "compile_training_step",
     "evaluate",
     "export_model",
     "get_dataloaders",
