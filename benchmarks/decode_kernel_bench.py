@@ -3,7 +3,9 @@
 For one decode step (q = 1, 8 heads, d 128, bf16) over a static cache of `context` keys plus empty slots, it
 times, with the anchors' CUDA-event method (benchmarks/cuda_timing.py) around replays of a CUDA graph that holds
 REPEAT calls (so no Python launch time is counted, as in `graph_generate`):
-  * the kernel for each launch setting in the grid (programs per SM, keys per tile, pipeline stages);
+  * the kernel for each launch setting in the grid (programs per SM, keys per tile, pipeline stages, warps, and
+    for one query the vector-product kernel or the tl.dot one), with the largest error against the fallback;
+  * for the fastest setting, each launch's GPU time (split pass, merge pass, index codes) from the profiler;
   * the model's matmul fallback (`eager_attention_forward`: two batched GEMVs around an fp32 softmax);
   * the floor: the cache's key and value bytes over the device-to-device copy bandwidth measured here.
 It prints one table and writes decode_kernel_bench.json to --out (default $OUT or .). On the GPU machine:
@@ -29,8 +31,11 @@ from modeling_alibi.alibi_mask import AlibiAttentionMask, alibi_slopes  # noqa: 
 
 from cuda_timing import median_ms  # noqa: E402
 
-GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4))
+GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4), num_warps=(4, 8),
+            one_query_kernel=(True, False))
+SETTINGS = ("PROGRAMS_PER_SM", "BLOCK_N", "NUM_STAGES", "NUM_WARPS", "ONE_QUERY_KERNEL")  # GRID's, in the module
 REPEAT = 20
+SHOWN = 12  # fastest settings printed per context
 HEADS, HEAD_DIM, EMPTY_SLOTS = 8, 128, 136
 
 
@@ -81,15 +86,52 @@ def context_rows(context: int, bandwidth: float) -> list[dict]:
     fallback_ms = graphed_ms(lambda: eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5))
     rows.append(dict(context=context, path="matmul fallback", ms=round(fallback_ms, 4),
                      floor_ratio=round(floor_ms / fallback_ms, 3)))
-    for per_sm, block_n, stages in itertools.product(*GRID.values()):
-        decode.PROGRAMS_PER_SM, decode.BLOCK_N, decode.NUM_STAGES = per_sm, block_n, stages
-        error = (kernel().float() - reference.float()).abs().max().item()
-        ms = graphed_ms(kernel)
-        rows.append(dict(context=context, path="triton", programs_per_sm=per_sm, block_n=block_n,
-                         num_stages=stages, ms=round(ms, 4), floor_ratio=round(floor_ms / ms, 3),
-                         max_error=error))
+    defaults = [getattr(decode, name) for name in SETTINGS]
+    for setting in itertools.product(*GRID.values()):
+        for name, value in zip(SETTINGS, setting, strict=True):
+            setattr(decode, name, value)
+        row = dict(context=context, path="triton", **dict(zip(GRID, setting, strict=True)))
+        try:
+            row["max_error"] = (kernel().float() - reference.float()).abs().max().item()
+            row["ms"] = round(graphed_ms(kernel), 4)
+            row["floor_ratio"] = round(floor_ms / row["ms"], 3)
+        except Exception as error:  # e.g. Triton's OutOfResources: the tiles do not fit in shared memory
+            row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
+        rows.append(row)
+    best = min((r for r in rows if r["path"] == "triton" and "ms" in r), key=lambda r: r["ms"])
+    for name, key in zip(SETTINGS, GRID, strict=True):
+        setattr(decode, name, best[key])
+    best["launches_us"] = launch_times(kernel)
+    for name, value in zip(SETTINGS, defaults, strict=True):
+        setattr(decode, name, value)
     rows.append(dict(context=context, path="floor (K+V bytes / copy bandwidth)", ms=round(floor_ms, 4)))
     return rows
+
+
+def launch_times(fn) -> dict[str, float]:
+    """GPU microseconds per call of each kernel `fn` launches, from the profiler over 20 calls."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+    return {e.key[:60]: round(e.device_time_total / 20, 2) for e in profile.key_averages() if e.device_time_total > 0}
+
+
+def shown(rows: list[dict]) -> list[dict]:
+    """The table's rows: per context the fallback, the SHOWN fastest settings, the module's defaults, the failed
+    settings and the floor (the JSON keeps every row)."""
+    defaults = {key: getattr(decode, name) for name, key in zip(SETTINGS, GRID, strict=True)}
+    table = []
+    for context in dict.fromkeys(r["context"] for r in rows):
+        mine = [r for r in rows if r["context"] == context]
+        timed = sorted((r for r in mine if r["path"] == "triton" and "ms" in r), key=lambda r: r["ms"])
+        default = [r for r in timed if all(r[k] == v for k, v in defaults.items())]
+        table += [r for r in mine if r["path"] == "matmul fallback"] + timed[:SHOWN]
+        table += [r for r in default if r not in timed[:SHOWN]] + [r for r in mine if "error" in r]
+        table += [r for r in mine if r["path"].startswith("floor")]
+    return table
 
 
 def main() -> None:
@@ -105,11 +147,16 @@ def main() -> None:
         rows += context_rows(context, bandwidth)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bandwidth:.0f} GB/s")
     print(f"{'context':>8} {'path':<36} {'ms':>8} {'floor/time':>10} {'max err':>9}")
-    for r in rows:
-        setting = (f"triton {r['programs_per_sm']}/SM n{r['block_n']} s{r['num_stages']}" if r["path"] == "triton"
-                   else r["path"])
+    for r in shown(rows):
+        if "error" in r:
+            print(f"{r['context']:>8} triton {r}")
+            continue
+        setting = (f"triton {r['programs_per_sm']}/SM n{r['block_n']} s{r['num_stages']} w{r['num_warps']}"
+                   f"{' vec' if r['one_query_kernel'] else ' dot'}" if r["path"] == "triton" else r["path"])
         print(f"{r['context']:>8} {setting:<36} {r['ms']:>8.4f} {r.get('floor_ratio', 1.0):>10.3f} "
               f"{r.get('max_error', float('nan')):>9.2e}")
+        if "launches_us" in r:
+            print(f"{'':>8}   fastest; GPU us per launch: {r['launches_us']}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "decode_kernel_bench.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, copy_gb_s=round(bandwidth),

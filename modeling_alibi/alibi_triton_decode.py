@@ -7,15 +7,19 @@ H100 in the GEMVs alone, against 1.4 ms to read the cache (benchmarks/step_profi
 
 Algorithm: flash-decoding.
   * Pass 1: program (row of b*h, split) walks its slice of the keys in tiles of BLOCK_N, with an online softmax
-    for all (up to 16) queries at once, and writes an unnormalized partial output, its running max and sum.
-    Every tile is read, masked keys included: a branch to skip them would stop the loads of later tiles from
-    being issued early, which is what keeps the memory busy at batch 1.
-  * Pass 2: one program per (b, h) merges the splits: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+    for its queries, and writes an unnormalized partial output, its running max and sum. Every tile is read,
+    masked keys included: a branch to skip them would stop the loads of later tiles from being issued early,
+    which is what keeps the memory busy at batch 1. One query (every decode step of `generate`) takes a kernel
+    of vector products; 2 to 16 queries (speculative or chunked steps) take one tl.dot tile of 16 query rows.
+  * Pass 2: one program per (b, h, query) merges the splits, a block of splits per load:
+    out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 Positions come from the caller per query and per key (cumulative-mask positions), so left padding, static
 caches and sliding-window caches all work: score(i, j) = scale * q_i.k_j - m_h * (pos_i - pos_j), allowed where
 0 <= pos_i - pos_j (and < window, and <= max_distance[h]) and key j is not padding. The distance is an exact
 integer; the bias is its fp32 product with the slope, as in the model's other backends. A query that may see no
-key (a padded query row) gets zeros, as flex_attention gives.
+key (a padded query row) gets zeros, as flex_attention gives. Key positions and padding reach the kernel as one
+int32 per key (`_key_codes`): the position, or PADDED for padding, a position after every query's, which the
+causal test then masks. So a tile reads 4 bytes of indices per key instead of an int64 and a bool.
 
 Inside torch.compile the launch is a custom op (`torch.library.custom_op`), opaque to inductor: inductor's own
 recompilation of user-defined Triton kernels failed on this one (torch 2.11, triton 3.6), while Triton's JIT
@@ -40,29 +44,51 @@ __all__ = ["alibi_decode_attention", "decode_supported"]
 MAX_QUERIES = 16  # one tl.dot tile of query rows: tl.dot needs at least 16
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+# A padded key's position code: after every query's (positions are int32), so the causal test masks it.
+PADDED = 2**31 - 1
+_PADDED = tl.constexpr(PADDED)  # the same, readable inside @triton.jit
 _LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2 e); a constexpr, readable inside @triton.jit
 # Launch settings (benchmarks/decode_kernel_bench.py measures the choices): programs per SM to aim for, so that
-# every SM streams keys at batch 1; keys per tile; software-pipelining depth; warps per program.
+# every SM streams keys at batch 1; keys per tile; software-pipelining depth; warps per program; splits merged
+# per load in pass 2.
 PROGRAMS_PER_SM = 4
 BLOCK_N = 64
 NUM_STAGES = 3
 NUM_WARPS = 4
+MERGE_SPLITS = 32
+ONE_QUERY_KERNEL = True  # q_len == 1 takes `_split_one_query`; False sends it through the tl.dot kernel
+
+
+@triton.jit
+def _online_softmax_step(scores, allowed, m_i, l_i, acc, v, AXIS: tl.constexpr):
+    """One tile of the online softmax: (m, l, acc) after `scores` (fp32, masked by `allowed`) and values `v`.
+
+    AXIS is the keys' axis of `scores`: 1 for (queries, keys) tiles, 0 for one query's (keys,) vector."""
+    scores = tl.where(allowed, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, AXIS))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay at 0
+    alpha = tl.exp2((m_i - m_safe) * _LOG2E)
+    if AXIS == 1:
+        p = tl.exp2((scores - m_safe[:, None]) * _LOG2E)  # (BLOCK_Q, BLOCK_N)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    else:
+        p = tl.exp2((scores - m_safe) * _LOG2E)  # (BLOCK_N,)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+    return m_new, l_i * alpha + tl.sum(p, AXIS), acc
 
 
 @triton.jit
 def _split_kernel(
-    Q, K, V, Slopes, Span, QPos, KPos, KPad, PartOut, PartMax, PartSum,
+    Q, K, V, Slopes, Span, QPos, KCode, PartOut, PartMax, PartSum,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_qpb, stride_qpm, stride_kpb, stride_kpn, stride_padb, stride_padn,
+    stride_qpb, stride_qpm, stride_kcb, stride_kcn,
     num_heads, q_len, k_len, keys_per_split, scale,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_PADDING: tl.constexpr, HAS_SPAN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SPAN: tl.constexpr,
 ):
     row = tl.program_id(0)  # b * num_heads + h
     split = tl.program_id(1)
-    num_splits = tl.num_programs(1)
     b = row // num_heads
     h = row % num_heads
     queries = tl.arange(0, BLOCK_Q)
@@ -70,8 +96,9 @@ def _split_kernel(
     query_ok = queries < q_len
     q = tl.load(Q + b * stride_qb + h * stride_qh + queries[:, None] * stride_qm + dims[None, :] * stride_qd,
                 mask=query_ok[:, None], other=0.0)  # (BLOCK_Q, HEAD_DIM)
-    query_pos = tl.load(QPos + b * stride_qpb + queries * stride_qpm, mask=query_ok, other=0)  # (BLOCK_Q,) int64
+    query_pos = tl.load(QPos + b * stride_qpb + queries * stride_qpm, mask=query_ok, other=-1)  # (BLOCK_Q,) int32
     slope = tl.load(Slopes + h)
+    span = 0
     if HAS_SPAN:
         span = tl.load(Span + h)
 
@@ -89,57 +116,102 @@ def _split_kernel(
                     mask=in_range[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
         v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + dims[None, :] * stride_vd,
                     mask=in_range[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
-        key_pos = tl.load(KPos + b * stride_kpb + keys * stride_kpn, mask=in_range, other=0)  # (BLOCK_N,) int64
-        key_ok = in_range
-        if HAS_PADDING:
-            key_ok = key_ok & (tl.load(KPad + b * stride_padb + keys * stride_padn, mask=in_range, other=1) == 0)
-        distance = query_pos[:, None] - key_pos[None, :]  # (BLOCK_Q, BLOCK_N), exact integers
-        allowed = query_ok[:, None] & key_ok[None, :] & (distance >= 0)
+        key_code = tl.load(KCode + b * stride_kcb + keys * stride_kcn, mask=in_range, other=_PADDED)  # (BLOCK_N,)
+        distance = query_pos[:, None] - key_code[None, :]  # (BLOCK_Q, BLOCK_N), exact integers
+        allowed = distance >= 0
         if HAS_SPAN:
             allowed = allowed & (distance <= span)
         scores = tl.dot(q, tl.trans(k)) * scale - slope * distance.to(tl.float32)  # (BLOCK_Q, BLOCK_N) fp32
-        scores = tl.where(allowed, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay at 0
-        alpha = tl.exp2((m_i - m_safe) * _LOG2E)
-        p = tl.exp2((scores - m_safe[:, None]) * _LOG2E)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(scores, allowed, m_i, l_i, acc, v, 1)
 
-    part = (row * num_splits + split) * BLOCK_Q + queries  # (BLOCK_Q,) rows of the partial buffers
+    part = (row * tl.num_programs(1) + split) * BLOCK_Q + queries  # (BLOCK_Q,) rows of the partial buffers
+    tl.store(PartMax + part, m_i, mask=query_ok)
+    tl.store(PartSum + part, l_i, mask=query_ok)
+    tl.store(PartOut + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=query_ok[:, None])
+
+
+@triton.jit
+def _split_one_query(
+    Q, K, V, Slopes, Span, QPos, KCode, PartOut, PartMax, PartSum,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_qpb, stride_qpm, stride_kcb, stride_kcn,
+    num_heads, q_len, k_len, keys_per_split, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SPAN: tl.constexpr,
+):
+    """Pass 1 for a single query: vector products on the CUDA cores instead of a tl.dot tile that is 15/16
+    padding. The same arguments as `_split_kernel`; q_len is 1."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    b = row // num_heads
+    h = row % num_heads
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + dims * stride_qd).to(tl.float32) * scale  # (HEAD_DIM,)
+    query_pos = tl.load(QPos + b * stride_qpb)
+    slope = tl.load(Slopes + h)
+    span = 0
+    if HAS_SPAN:
+        span = tl.load(Span + h)
+
+    m_i = tl.full([], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([], dtype=tl.float32)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    start = split * keys_per_split
+    end = tl.minimum(start + keys_per_split, k_len)
+    for first in range(start, end, BLOCK_N):
+        keys = first + tl.arange(0, BLOCK_N)
+        in_range = keys < end
+        k = tl.load(K + b * stride_kb + h * stride_kh + keys[:, None] * stride_kn + dims[None, :] * stride_kd,
+                    mask=in_range[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
+        v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + dims[None, :] * stride_vd,
+                    mask=in_range[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
+        key_code = tl.load(KCode + b * stride_kcb + keys * stride_kcn, mask=in_range, other=_PADDED)  # (BLOCK_N,)
+        distance = query_pos - key_code  # (BLOCK_N,)
+        allowed = distance >= 0
+        if HAS_SPAN:
+            allowed = allowed & (distance <= span)
+        scores = tl.sum(k.to(tl.float32) * q[None, :], 1) - slope * distance.to(tl.float32)  # (BLOCK_N,) fp32
+        m_i, l_i, acc = _online_softmax_step(scores, allowed, m_i, l_i, acc, v, 0)
+
+    part = (row * tl.num_programs(1) + split) * BLOCK_Q  # query 0's row of the partial buffers
     tl.store(PartMax + part, m_i)
     tl.store(PartSum + part, l_i)
-    tl.store(PartOut + part[:, None] * HEAD_DIM + dims[None, :], acc)
+    tl.store(PartOut + part * HEAD_DIM + dims, acc)
 
 
 @triton.jit
 def _merge_kernel(
     PartOut, PartMax, PartSum, Out,
     stride_ob, stride_oh, stride_om, stride_od,
-    num_heads, q_len, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr,
+    num_heads, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, MERGE_SPLITS: tl.constexpr,
 ):
     row = tl.program_id(0)
+    query = tl.program_id(1)
     b = row // num_heads
     h = row % num_heads
-    queries = tl.arange(0, BLOCK_Q)
+    splits = tl.arange(0, MERGE_SPLITS)
     dims = tl.arange(0, HEAD_DIM)
-    first = row * num_splits * BLOCK_Q
-    m = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
-    for split in range(0, num_splits):
-        m = tl.maximum(m, tl.load(PartMax + first + split * BLOCK_Q + queries))
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    total = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)
-    for split in range(0, num_splits):
-        rows = first + split * BLOCK_Q + queries
-        weight = tl.exp2((tl.load(PartMax + rows) - m_safe) * _LOG2E)  # 0 for a split that saw nothing
-        total += tl.load(PartSum + rows) * weight
-        acc += tl.load(PartOut + rows[:, None] * HEAD_DIM + dims[None, :]) * weight[:, None]
-    out = acc / tl.where(total > 0, total, 1.0)[:, None]  # no visible key: zeros
-    tl.store(Out + b * stride_ob + h * stride_oh + queries[:, None] * stride_om + dims[None, :] * stride_od,
-             out.to(Out.dtype.element_ty), mask=(queries < q_len)[:, None])
+    first = row * num_splits * BLOCK_Q + query  # split 0's row of this query in the partial buffers
+    m = tl.full([MERGE_SPLITS], float("-inf"), dtype=tl.float32)
+    for block in range(0, num_splits, MERGE_SPLITS):
+        rows = first + (block + splits) * BLOCK_Q
+        m = tl.maximum(m, tl.load(PartMax + rows, mask=block + splits < num_splits, other=float("-inf")))
+    m_max = tl.max(m, 0)
+    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+    total = tl.zeros([MERGE_SPLITS], dtype=tl.float32)
+    acc = tl.zeros([MERGE_SPLITS, HEAD_DIM], dtype=tl.float32)
+    for block in range(0, num_splits, MERGE_SPLITS):
+        ok = block + splits < num_splits
+        rows = first + (block + splits) * BLOCK_Q
+        weight = tl.exp2((tl.load(PartMax + rows, mask=ok, other=float("-inf")) - m_safe) * _LOG2E)  # 0: saw nothing
+        total += tl.load(PartSum + rows, mask=ok, other=0.0) * weight
+        part = tl.load(PartOut + rows[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
+        acc += part * weight[:, None]  # (MERGE_SPLITS, HEAD_DIM)
+    denominator = tl.sum(total, 0)
+    out = tl.sum(acc, 0) / tl.where(denominator > 0, denominator, 1.0)  # (HEAD_DIM,); no visible key: zeros
+    tl.store(Out + b * stride_ob + h * stride_oh + query * stride_om + dims * stride_od, out.to(Out.dtype.element_ty))
 
 
 def _num_splits(rows: int, k_len: int, block_n: int, device: torch.device) -> tuple[int, int]:
@@ -180,8 +252,7 @@ def _decode(
     slopes: torch.Tensor,
     scale: float,
     query_positions: torch.Tensor,
-    key_positions: torch.Tensor,
-    key_padding: torch.Tensor | None,
+    key_codes: torch.Tensor,
     window: int | None,
     max_distance: torch.Tensor | None,
 ) -> torch.Tensor:
@@ -196,23 +267,30 @@ def _decode(
     out = torch.empty(b, h, q_len, d, device=query.device, dtype=query.dtype)
     slopes = slopes.to(device=query.device, dtype=torch.float32)
     span = _allowed_span(h, window, max_distance, query.device)
-    padding = key_padding.view(torch.uint8) if key_padding is not None else key_positions  # bool as bytes
+    split_kernel = _split_one_query if q_len == 1 and ONE_QUERY_KERNEL else _split_kernel
     with _device_guard(query):
-        _split_kernel[(b * h, splits)](
-            query, key, value, slopes, slopes if span is None else span, query_positions, key_positions, padding,
+        split_kernel[(b * h, splits)](
+            query, key, value, slopes, slopes if span is None else span, query_positions, key_codes,
             part_out, part_max, part_sum,
-            *query.stride(), *key.stride(), *value.stride(),
-            *query_positions.stride(), *key_positions.stride(), *padding.stride(),
+            *query.stride(), *key.stride(), *value.stride(), *query_positions.stride(), *key_codes.stride(),
             h, q_len, k_len, keys_per_split, scale,
-            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, BLOCK_N=block_n,
-            HAS_PADDING=key_padding is not None, HAS_SPAN=span is not None,
+            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, BLOCK_N=block_n, HAS_SPAN=span is not None,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
-        _merge_kernel[(b * h,)](
-            part_out, part_max, part_sum, out, *out.stride(), h, q_len, splits,
-            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, num_warps=4,
+        _merge_kernel[(b * h, q_len)](
+            part_out, part_max, part_sum, out, *out.stride(), h, splits,
+            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, MERGE_SPLITS=MERGE_SPLITS, num_warps=4,
         )
     return out
+
+
+def _key_codes(key_positions: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
+    """(b, k) int32: each key's position, or PADDED where it is padding (the kernels' one index load per key).
+
+    Outside the custom op, so that inductor fuses it with the mask's other arithmetic, once per forward."""
+    if key_padding is not None:
+        key_positions = key_positions.masked_fill(key_padding, PADDED)
+    return key_positions.to(torch.int32)
 
 
 def _fake_decode(query: torch.Tensor, *args) -> torch.Tensor:
@@ -245,8 +323,8 @@ def alibi_decode_attention(
         key, value: (b, h, k, d), the cache (a static cache's empty slots included, marked in `key_padding`).
         slopes: (h,) ALiBi slopes, used in fp32.
         scale: softmax scale applied to q.k.
-        query_positions: (b, q) integer positions of the queries.
-        key_positions: (b, k) integer positions of the keys.
+        query_positions: (b, q) integer positions of the queries, below 2**31 - 1 (they are used as int32).
+        key_positions: (b, k) integer positions of the keys, likewise.
         key_padding: (b, k) bool, True where a key is padding or an empty slot; None when there is none.
         window: keys at distance >= window are masked.
         max_distance: (h,) fp32; keys at distance > max_distance[h] are masked (ALiBi truncation).
@@ -260,5 +338,5 @@ def alibi_decode_attention(
                          f"{SUPPORTED_HEAD_DIMS}; got q={q_len}, d={d}. Use alibi_flash_attention for prompts.")
     if max_distance is not None:
         max_distance = torch.as_tensor(max_distance, dtype=torch.float32, device=query.device).reshape(-1)
-    return _decode_op(query, key, value, slopes, float(scale), query_positions, key_positions, key_padding, window,
-                      max_distance)
+    return _decode_op(query, key, value, slopes, float(scale), query_positions.to(torch.int32),
+                      _key_codes(key_positions, key_padding), window, max_distance)

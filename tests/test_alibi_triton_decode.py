@@ -90,6 +90,13 @@ CASES = {
     "transposed-views": Case(batch=2, heads=2, q_len=2, slots=70, empty=6, left_padding=8, transposed=True),
     "fp16-d32": Case(batch=2, heads=2, q_len=4, slots=100, empty=20, left_padding=10, head_dim=32,
                      dtype=torch.float16),
+    # More splits than the merge reads per load (MERGE_SPLITS): the one-query kernel and the tl.dot kernel.
+    "one-query-more-splits-than-a-merge-block": Case(batch=1, heads=2, q_len=1, slots=700, empty=30,
+                                                     programs_per_sm=64),
+    "three-queries-more-splits-than-a-merge-block": Case(batch=2, heads=2, q_len=3, slots=640, empty=5,
+                                                         left_padding=70, programs_per_sm=64),
+    "one-query-window-and-max-distance": Case(batch=2, heads=3, q_len=1, slots=90, empty=7, left_padding=5,
+                                              window=20, max_distance=[3.5, 50.0, float("inf")]),
     # Every key of row 1 is padding: its queries see nothing and must come out as zeros, not NaN.
     "a-row-that-sees-nothing": Case(batch=2, heads=2, q_len=1, slots=40, left_padding=40),
 }
@@ -151,6 +158,11 @@ def test_the_cases_reach_several_splits_and_empty_rows(monkeypatch):
     monkeypatch.setattr(decode, "PROGRAMS_PER_SM", case.programs_per_sm)
     splits, keys_per_split = decode._num_splits(case.batch * case.heads, case.slots, 16, torch.device("cpu"))
     assert splits > 1 and keys_per_split < case.slots
+    for name in ("one-query-more-splits-than-a-merge-block", "three-queries-more-splits-than-a-merge-block"):
+        case = CASES[name]
+        monkeypatch.setattr(decode, "PROGRAMS_PER_SM", case.programs_per_sm)
+        splits, _ = decode._num_splits(case.batch * case.heads, case.slots, 16, torch.device("cpu"))
+        assert splits > decode.MERGE_SPLITS, name
     inputs = CASES["a-row-that-sees-nothing"].inputs()
     assert inputs["key_padding"][1].all()
 
