@@ -38,7 +38,7 @@ def run(bench: Bench) -> None:
 def extra_compiled(bench: Bench) -> None:
     """The `train_compiled` extra: rows for our compiled model, placed after the uncompiled row."""
     rows = train_rows(bench)
-    # Default mode, as `alibi-lm train --torch_compile` runs it; then with CUDA graphs for forward and backward.
+    # Default mode, as `alibi-lm train` runs it on CUDA by default; then with CUDA graphs for forward and backward.
     for position, (label, mode) in enumerate((("", "default"), (" reduce-overhead", "reduce-overhead"))):
         model = bench.ours()
         compiled = torch.compile(model, mode=mode)

@@ -3,9 +3,11 @@
 For one decode step (q = 1, 8 heads, d 128, bf16) over a static cache of `context` keys plus empty slots, it
 times, with the anchors' CUDA-event method (benchmarks/cuda_timing.py) around replays of a CUDA graph that holds
 REPEAT calls (so no Python launch time is counted, as in `graph_generate`):
-  * the kernel for each launch setting in the grid (programs per SM, keys per tile, pipeline stages, warps, and
-    for one query the vector-product kernel or the tl.dot one), with the largest error against the fallback;
+  * the kernel for each launch setting in the grid (programs per SM, keys per tile, pipeline stages, warps),
+    with the largest error against the fallback;
   * for the fastest setting, each launch's GPU time (split pass, merge pass, index codes) from the profiler;
+  * with --baseline FILE (an earlier alibi_triton_decode.py, e.g. `git show REV:modeling_alibi/...`), that
+    version at its own defaults, timed and profiled the same way;
   * the model's matmul fallback (`eager_attention_forward`: two batched GEMVs around an fp32 softmax);
   * the floor: the cache's key and value bytes over the device-to-device copy bandwidth measured here.
 It prints one table and writes decode_kernel_bench.json to --out (default $OUT or .). On the GPU machine:
@@ -16,6 +18,7 @@ It prints one table and writes decode_kernel_bench.json to --out (default $OUT o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -31,9 +34,8 @@ from modeling_alibi.alibi_mask import AlibiAttentionMask, alibi_slopes  # noqa: 
 
 from cuda_timing import median_ms  # noqa: E402
 
-GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4), num_warps=(4, 8),
-            one_query_kernel=(True, False))
-SETTINGS = ("PROGRAMS_PER_SM", "BLOCK_N", "NUM_STAGES", "NUM_WARPS", "ONE_QUERY_KERNEL")  # GRID's, in the module
+GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4), num_warps=(4, 8))
+SETTINGS = ("PROGRAMS_PER_SM", "BLOCK_N", "NUM_STAGES", "NUM_WARPS")  # GRID's names in the module
 REPEAT = 20
 SHOWN = 12  # fastest settings printed per context
 HEADS, HEAD_DIM, EMPTY_SLOTS = 8, 128, 136
@@ -71,15 +73,15 @@ def case(context: int) -> dict:
     return dict(q=q, k=k, v=v, mask=attention_mask, slots=slots)
 
 
-def context_rows(context: int, bandwidth: float) -> list[dict]:
-    """The rows of one context: the matmul fallback, the kernel at each grid setting, the floor."""
+def context_rows(context: int, bandwidth: float, baseline=None) -> list[dict]:
+    """The rows of one context: the matmul fallback, the kernel at each grid setting, the baseline, the floor."""
     rows = []
     c = case(context)
     m = c["mask"]
     floor_ms = 2 * c["k"].numel() * 2 / bandwidth / 1e6
 
-    def kernel():
-        return decode.alibi_decode_attention(c["q"], c["k"], c["v"], m.slopes, HEAD_DIM**-0.5, m.query_positions,
+    def kernel(module=decode):
+        return module.alibi_decode_attention(c["q"], c["k"], c["v"], m.slopes, HEAD_DIM**-0.5, m.query_positions,
                                              m.key_positions, key_padding=m.key_padding)
 
     reference = eager_attention_forward(None, c["q"], c["k"], c["v"], m, HEAD_DIM**-0.5)[0].transpose(1, 2)
@@ -104,6 +106,12 @@ def context_rows(context: int, bandwidth: float) -> list[dict]:
     best["launches_us"] = launch_times(kernel)
     for name, value in zip(SETTINGS, defaults, strict=True):
         setattr(decode, name, value)
+    if baseline is not None:
+        ms = graphed_ms(lambda: kernel(baseline))
+        rows.append(dict(context=context, path=f"baseline {baseline.__file__}", ms=round(ms, 4),
+                         floor_ratio=round(floor_ms / ms, 3),
+                         max_error=(kernel(baseline).float() - reference.float()).abs().max().item(),
+                         launches_us=launch_times(lambda: kernel(baseline))))
     rows.append(dict(context=context, path="floor (K+V bytes / copy bandwidth)", ms=round(floor_ms, 4)))
     return rows
 
@@ -119,6 +127,15 @@ def launch_times(fn) -> dict[str, float]:
     return {e.key[:60]: round(e.device_time_total / 20, 2) for e in profile.key_averages() if e.device_time_total > 0}
 
 
+def load_baseline(path: str):
+    """An earlier version of the kernel module, imported as a sibling of the current one (its relative imports
+    then resolve in the package); its custom op gets its own name, derived from the module name."""
+    spec = importlib.util.spec_from_file_location("modeling_alibi._decode_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def shown(rows: list[dict]) -> list[dict]:
     """The table's rows: per context the fallback, the SHOWN fastest settings, the module's defaults, the failed
     settings and the floor (the JSON keeps every row)."""
@@ -130,7 +147,7 @@ def shown(rows: list[dict]) -> list[dict]:
         default = [r for r in timed if all(r[k] == v for k, v in defaults.items())]
         table += [r for r in mine if r["path"] == "matmul fallback"] + timed[:SHOWN]
         table += [r for r in default if r not in timed[:SHOWN]] + [r for r in mine if "error" in r]
-        table += [r for r in mine if r["path"].startswith("floor")]
+        table += [r for r in mine if r["path"].startswith(("baseline", "floor"))]
     return table
 
 
@@ -138,13 +155,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="2048,65536")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--baseline", help="an earlier alibi_triton_decode.py to time beside this one")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("decode_kernel_bench.py needs a CUDA GPU.")
     bandwidth = copy_gb_s()
     rows = []
+    baseline = load_baseline(args.baseline) if args.baseline else None
     for context in (int(c) for c in args.contexts.split(",")):
-        rows += context_rows(context, bandwidth)
+        rows += context_rows(context, bandwidth, baseline)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy {bandwidth:.0f} GB/s")
     print(f"{'context':>8} {'path':<36} {'ms':>8} {'floor/time':>10} {'max err':>9}")
     for r in shown(rows):
@@ -152,7 +171,7 @@ def main() -> None:
             print(f"{r['context']:>8} triton {r}")
             continue
         setting = (f"triton {r['programs_per_sm']}/SM n{r['block_n']} s{r['num_stages']} w{r['num_warps']}"
-                   f"{' vec' if r['one_query_kernel'] else ' dot'}" if r["path"] == "triton" else r["path"])
+                   if r["path"] == "triton" else r["path"])
         print(f"{r['context']:>8} {setting:<36} {r['ms']:>8.4f} {r.get('floor_ratio', 1.0):>10.3f} "
               f"{r.get('max_error', float('nan')):>9.2e}")
         if "launches_us" in r:

@@ -9,7 +9,7 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            ms per token and GPU-busy ms per token. A GPU busy far less than the wall is host overhead.
   graph    `graph_generate` at 2,048 and 65,536 tokens of context, for each inductor setting in GRAPH_VARIANTS:
            compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
-           1-token call, both reusing the kept graph) and the compiled step's GPU-busy time and top kernels.
+           1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward).
 
 Prints each row (and its top kernels) as it is measured and writes DIR/step_profile.json after each part. On
@@ -215,12 +215,13 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
     row.update(prefill_ms=round(1e3 * one, 2), per_token_ms=round(1e3 * per_token, 3),
                tok_s_128=round(128 / (one + 127 * per_token), 1))
     decoder = next(iter(decoding._DECODERS.values()))  # 16 free slots are left after the 129-token call
-    busy, kernels = gpu_busy(decoder.one_step, 8, top=10)
-    row.update(gpu_ms=round(busy, 3), top_kernels=kernels)
+    busy, kernels = gpu_busy(decoder.one_step, 8, top=1000)  # every kernel, for the launch count
+    row.update(gpu_ms=round(busy, 3), launches_per_step=sum(k["calls"] for k in kernels), top_kernels=kernels)
     rows.append(row)
     print(f"graph {label} {context}: first {row['first_call_s']} s, prefill+first token {row['prefill_ms']} "
-          f"ms, {row['per_token_ms']} ms/token, step GPU {row['gpu_ms']} ms", flush=True)
-    for k in kernels:
+          f"ms, {row['per_token_ms']} ms/token, step GPU {row['gpu_ms']} ms in {row['launches_per_step']} "
+          "launches", flush=True)
+    for k in kernels[:16]:
         print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
 
 

@@ -7,10 +7,9 @@ H100 in the GEMVs alone, against 1.4 ms to read the cache (benchmarks/step_profi
 
 Algorithm: flash-decoding.
   * Pass 1: program (row of b*h, split) walks its slice of the keys in tiles of BLOCK_N, with an online softmax
-    for its queries, and writes an unnormalized partial output, its running max and sum. Every tile is read,
-    masked keys included: a branch to skip them would stop the loads of later tiles from being issued early,
-    which is what keeps the memory busy at batch 1. One query (every decode step of `generate`) takes a kernel
-    of vector products; 2 to 16 queries (speculative or chunked steps) take one tl.dot tile of 16 query rows.
+    for all (up to 16) queries at once, and writes an unnormalized partial output, its running max and sum.
+    Every tile is read, masked keys included: a branch to skip them would stop the loads of later tiles from
+    being issued early, which is what keeps the memory busy at batch 1. Only real query rows are written.
   * Pass 2: one program per (b, h, query) merges the splits, a block of splits per load:
     out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 Positions come from the caller per query and per key (cumulative-mask positions), so left padding, static
@@ -48,33 +47,15 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 PADDED = 2**31 - 1
 _PADDED = tl.constexpr(PADDED)  # the same, readable inside @triton.jit
 _LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2 e); a constexpr, readable inside @triton.jit
-# Launch settings (benchmarks/decode_kernel_bench.py measures the choices): programs per SM to aim for, so that
-# every SM streams keys at batch 1; keys per tile; software-pipelining depth; warps per program; splits merged
-# per load in pass 2.
-PROGRAMS_PER_SM = 4
+# Launch settings: programs per SM to aim for, so that every SM streams keys at batch 1; keys per tile;
+# software-pipelining depth; warps per program; splits merged per load in pass 2. benchmarks/decode_kernel_bench.py
+# measured 108 settings on an H200 (q=1, 8 heads, d 128, bf16): these read a 65,536-key cache in 0.080 ms, 0.79
+# of the device-to-device copy bandwidth, and 2,048 keys in 0.014 ms (the best setting there: 0.013 ms).
+PROGRAMS_PER_SM = 2
 BLOCK_N = 64
 NUM_STAGES = 3
 NUM_WARPS = 4
 MERGE_SPLITS = 32
-ONE_QUERY_KERNEL = True  # q_len == 1 takes `_split_one_query`; False sends it through the tl.dot kernel
-
-
-@triton.jit
-def _online_softmax_step(scores, allowed, m_i, l_i, acc, v, AXIS: tl.constexpr):
-    """One tile of the online softmax: (m, l, acc) after `scores` (fp32, masked by `allowed`) and values `v`.
-
-    AXIS is the keys' axis of `scores`: 1 for (queries, keys) tiles, 0 for one query's (keys,) vector."""
-    scores = tl.where(allowed, scores, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(scores, AXIS))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay at 0
-    alpha = tl.exp2((m_i - m_safe) * _LOG2E)
-    if AXIS == 1:
-        p = tl.exp2((scores - m_safe[:, None]) * _LOG2E)  # (BLOCK_Q, BLOCK_N)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    else:
-        p = tl.exp2((scores - m_safe) * _LOG2E)  # (BLOCK_N,)
-        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
-    return m_new, l_i * alpha + tl.sum(p, AXIS), acc
 
 
 @triton.jit
@@ -122,62 +103,19 @@ def _split_kernel(
         if HAS_SPAN:
             allowed = allowed & (distance <= span)
         scores = tl.dot(q, tl.trans(k)) * scale - slope * distance.to(tl.float32)  # (BLOCK_Q, BLOCK_N) fp32
-        m_i, l_i, acc = _online_softmax_step(scores, allowed, m_i, l_i, acc, v, 1)
+        scores = tl.where(allowed, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay at 0
+        alpha = tl.exp2((m_i - m_safe) * _LOG2E)
+        p = tl.exp2((scores - m_safe[:, None]) * _LOG2E)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
 
     part = (row * tl.num_programs(1) + split) * BLOCK_Q + queries  # (BLOCK_Q,) rows of the partial buffers
     tl.store(PartMax + part, m_i, mask=query_ok)
     tl.store(PartSum + part, l_i, mask=query_ok)
     tl.store(PartOut + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=query_ok[:, None])
-
-
-@triton.jit
-def _split_one_query(
-    Q, K, V, Slopes, Span, QPos, KCode, PartOut, PartMax, PartSum,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_qpb, stride_qpm, stride_kcb, stride_kcn,
-    num_heads, q_len, k_len, keys_per_split, scale,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SPAN: tl.constexpr,
-):
-    """Pass 1 for a single query: vector products on the CUDA cores instead of a tl.dot tile that is 15/16
-    padding. The same arguments as `_split_kernel`; q_len is 1."""
-    row = tl.program_id(0)
-    split = tl.program_id(1)
-    b = row // num_heads
-    h = row % num_heads
-    dims = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + dims * stride_qd).to(tl.float32) * scale  # (HEAD_DIM,)
-    query_pos = tl.load(QPos + b * stride_qpb)
-    slope = tl.load(Slopes + h)
-    span = 0
-    if HAS_SPAN:
-        span = tl.load(Span + h)
-
-    m_i = tl.full([], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([], dtype=tl.float32)
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    start = split * keys_per_split
-    end = tl.minimum(start + keys_per_split, k_len)
-    for first in range(start, end, BLOCK_N):
-        keys = first + tl.arange(0, BLOCK_N)
-        in_range = keys < end
-        k = tl.load(K + b * stride_kb + h * stride_kh + keys[:, None] * stride_kn + dims[None, :] * stride_kd,
-                    mask=in_range[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
-        v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + dims[None, :] * stride_vd,
-                    mask=in_range[:, None], other=0.0)  # (BLOCK_N, HEAD_DIM)
-        key_code = tl.load(KCode + b * stride_kcb + keys * stride_kcn, mask=in_range, other=_PADDED)  # (BLOCK_N,)
-        distance = query_pos - key_code  # (BLOCK_N,)
-        allowed = distance >= 0
-        if HAS_SPAN:
-            allowed = allowed & (distance <= span)
-        scores = tl.sum(k.to(tl.float32) * q[None, :], 1) - slope * distance.to(tl.float32)  # (BLOCK_N,) fp32
-        m_i, l_i, acc = _online_softmax_step(scores, allowed, m_i, l_i, acc, v, 0)
-
-    part = (row * tl.num_programs(1) + split) * BLOCK_Q  # query 0's row of the partial buffers
-    tl.store(PartMax + part, m_i)
-    tl.store(PartSum + part, l_i)
-    tl.store(PartOut + part * HEAD_DIM + dims, acc)
 
 
 @triton.jit
@@ -267,9 +205,8 @@ def _decode(
     out = torch.empty(b, h, q_len, d, device=query.device, dtype=query.dtype)
     slopes = slopes.to(device=query.device, dtype=torch.float32)
     span = _allowed_span(h, window, max_distance, query.device)
-    split_kernel = _split_one_query if q_len == 1 and ONE_QUERY_KERNEL else _split_kernel
     with _device_guard(query):
-        split_kernel[(b * h, splits)](
+        _split_kernel[(b * h, splits)](
             query, key, value, slopes, slopes if span is None else span, query_positions, key_codes,
             part_out, part_max, part_sum,
             *query.stride(), *key.stride(), *value.stride(), *query_positions.stride(), *key_codes.stride(),
