@@ -21,6 +21,7 @@ Hub payload: imports only torch, transformers, the standard library and its sibl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -173,6 +174,7 @@ class _Decoder:
         )
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0  # warm-up steps already run ahead of the loop
+        self.stacked = _stacked_projections(model)
 
     @torch.no_grad()
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, chunk_size: int) -> torch.Tensor:
@@ -185,6 +187,7 @@ class _Decoder:
         state.generated.fill_(self.pad_token_id)
         state.count.zero_()
         state.finished.zero_()
+        _restack(self.stacked)  # the weights as they are now: the graph reads these buffers
         # An unpadded prompt goes in without a mask: the model's fast unpadded path (the Triton prompt kernel).
         prompt_mask = None if attention_mask is None else state.mask[:, :prompt]
         logits, _ = self.model.prefill(input_ids, attention_mask=prompt_mask, chunk_size=chunk_size,
@@ -198,8 +201,9 @@ class _Decoder:
     def one_step(self) -> None:
         state = self.state
         state.mask.index_fill_(1, state.slot, 1)  # the fed token becomes a real key
-        out = self.forward(state.token, attention_mask=state.mask, cache=self.cache, use_cache=True,
-                           logits_to_keep=1)
+        with _fused_projections(self.stacked):
+            out = self.forward(state.token, attention_mask=state.mask, cache=self.cache, use_cache=True,
+                               logits_to_keep=1)
         state.slot.add_(1)
         self.record(out.logits[:, -1])
 
@@ -213,6 +217,49 @@ class _Decoder:
             self.warm -= 1
         else:
             self.graph.replay()
+
+
+def _stacked_projections(model: AlibiForCausalLM) -> list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]]:
+    """Per attention layer: (module, weight, bias) buffers for its q, k and v projections stacked (3 * hidden rows).
+
+    The decode step runs one projection instead of three (`AlibiAttention.fused_qkv`), at the cost of a copy of
+    those weights while the decoder lives. Empty when any projection is not a plain nn.Linear (LoRA, quantized
+    layers): those keep their own forward, and the step its three projections."""
+    from .modeling_alibi import AlibiAttention  # the model module imports this one
+
+    attentions = [m for m in model.modules() if isinstance(m, AlibiAttention)]
+    names = ("q_proj", "k_proj", "v_proj")
+    if not all(type(getattr(a, name)) is torch.nn.Linear for a in attentions for name in names):
+        return []
+    stacked = []
+    for attention in attentions:
+        weight = attention.q_proj.weight
+        bias = attention.q_proj.bias
+        stacked.append((attention, weight.new_empty(3 * weight.shape[0], weight.shape[1]),
+                        None if bias is None else bias.new_empty(3 * bias.shape[0])))
+    return stacked
+
+
+@torch.no_grad()
+def _restack(stacked: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]]) -> None:
+    """Copy the current q, k and v weights into the stacked buffers, in place (a captured graph reads them)."""
+    for attention, weight, bias in stacked:
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        torch.cat([p.weight for p in projections], out=weight)
+        if bias is not None:
+            torch.cat([p.bias for p in projections], out=bias)
+
+
+@contextlib.contextmanager
+def _fused_projections(stacked: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]]):
+    """The layers use their stacked projection inside the block only: prefill and other forwards keep three."""
+    for attention, weight, bias in stacked:
+        attention.fused_qkv = (weight, bias)
+    try:
+        yield
+    finally:
+        for attention, _, _ in stacked:
+            del attention.fused_qkv  # back to the class default, None
 
 
 def release_decoders() -> None:

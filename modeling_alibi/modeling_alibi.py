@@ -57,6 +57,11 @@ logger = logging.get_logger(__name__)
 class AlibiAttention(nn.Module):
     """Multi-head self-attention; ALiBi and masking come in through `AlibiAttentionMask`."""
 
+    # (weight (3 * hidden, hidden), bias or None): q, k and v projections stacked, set only by the graph decoder
+    # (alibi_decoding) while it runs or captures its step. At batch 1 a projection is a GEMV whose fixed cost, not
+    # its bytes, sets its time, so one GEMV of three times the rows is faster than three (benchmarks/step_profile.py).
+    fused_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
     def __init__(self, config: AlibiConfig, layer_idx: int):
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
@@ -78,9 +83,7 @@ class AlibiAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, q_len, _ = hidden_states.shape
         heads = (b, q_len, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(heads).transpose(1, 2)  # (b, h, q, d)
-        key = self.k_proj(hidden_states).view(heads).transpose(1, 2)  # (b, h, q, d)
-        value = self.v_proj(hidden_states).view(heads).transpose(1, 2)  # (b, h, q, d)
+        query, key, value = (x.view(heads).transpose(1, 2) for x in self._project(hidden_states))  # (b, h, q, d)
         if rotary is not None:
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if cache is not None:
@@ -102,6 +105,12 @@ class AlibiAttention(nn.Module):
         out, weights = attention(self, query, key, value, mask, scaling=self.scaling, dropout=dropout)  # (b, q, h, d)
         out = out.reshape(b, q_len, -1)  # (b, q, h * d)
         return self.o_proj(out), weights
+
+    def _project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(query, key, value), each (b, q, hidden): three projections, or one stacked one (`fused_qkv`)."""
+        if self.fused_qkv is None:
+            return self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        return F.linear(hidden_states, *self.fused_qkv).chunk(3, dim=-1)  # views of (b, q, 3 * hidden)
 
 
 class AlibiMLP(nn.Module):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.testing import assert_close
 
 from modeling_alibi.generation import graph_generate
 
@@ -101,6 +102,79 @@ def test_new_weights_get_a_new_decoder():
     model.double()
     out = graph_generate(model, input_ids, 4)
     assert decoding._DECODERS[id(model)] is not first and out.shape == (1, 10)
+
+
+def test_steps_use_the_stacked_projection_and_prefill_the_three():
+    """Decode steps run one stacked q/k/v projection (`fused_qkv`), prefill the model's own three; nothing stays set."""
+    from modeling_alibi import alibi_decoding as decoding
+
+    model = tiny_model(4, "sdpa")
+    attention = model.model.layers[0].self_attn
+    calls = []
+    attention.q_proj.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    input_ids, mask = prompts()
+    out = graph_generate(model, input_ids, 8, attention_mask=mask, prefill_chunk_size=64)
+    assert calls == [input_ids.shape[1]]  # the prompt only: the 7 steps did not call q_proj
+    assert attention.fused_qkv is None and "fused_qkv" not in vars(attention)
+    assert torch.equal(out, model.generate(input_ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
+                                           **GREEDY))
+    decoding.release_decoders()
+
+
+def test_the_stacked_projection_gives_the_model_s_logits():
+    from modeling_alibi import alibi_decoding as decoding
+
+    model = tiny_model(4, "sdpa")
+    stacked = decoding._stacked_projections(model)
+    assert len(stacked) == model.config.num_hidden_layers
+    decoding._restack(stacked)
+    input_ids = torch.randint(3, 99, (2, 9))
+    expected = model(input_ids).logits
+    with decoding._fused_projections(stacked):
+        actual = model(input_ids).logits
+    assert_close(actual, expected)
+
+
+def test_weights_changed_in_place_reach_a_kept_decoder():
+    """The stacked projection is copied from the weights at every call: an in-place update (an optimizer step)
+    is seen by the next call, which reuses the decoder."""
+    from modeling_alibi import alibi_decoding as decoding
+
+    model = tiny_model(4, "sdpa")
+    input_ids, mask = prompts()
+    before = graph_generate(model, input_ids, 10, attention_mask=mask)
+    decoder = decoding._DECODERS[id(model)]
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for projection in (layer.self_attn.k_proj, layer.self_attn.v_proj):
+                projection.weight.normal_(0.0, 0.5)  # new values, same storage
+                projection.bias.normal_(0.0, 0.5)
+    after = graph_generate(model, input_ids, 10, attention_mask=mask)
+    assert decoding._DECODERS[id(model)] is decoder and not torch.equal(after, before)
+    expected = model.generate(input_ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, **GREEDY)
+    assert torch.equal(after, expected)
+    decoding.release_decoders()
+
+
+def test_projections_that_are_not_plain_linear_keep_their_forward():
+    """A wrapped projection (LoRA, quantized layers: a subclass with its own forward) is not stacked."""
+    from modeling_alibi import alibi_decoding as decoding
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = tiny_model(4, "sdpa")
+    old = model.model.layers[1].self_attn.q_proj
+    doubled = Doubled(old.in_features, old.out_features, bias=old.bias is not None)
+    doubled.load_state_dict(old.state_dict())
+    model.model.layers[1].self_attn.q_proj = doubled
+    assert decoding._stacked_projections(model) == []
+    input_ids, mask = prompts()
+    expected = model.generate(input_ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, **GREEDY)
+    assert torch.equal(graph_generate(model, input_ids, 10, attention_mask=mask), expected)
+    decoding.release_decoders()
 
 
 # ------------------------------------------------------------------ generate()'s fast path: plain greedy calls
