@@ -30,7 +30,7 @@ from cuda_timing import median_s
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
-from modeling_alibi.generation import graph_generate  # noqa: E402, F401  (for bench_decode)
+from modeling_alibi.generation import decoding, graph_generate  # noqa: E402, F401  (for bench_decode)
 from modeling_alibi.modeling_alibi import CACHE_NAME  # noqa: E402, F401  (for bench_prompt)
 
 transformers.utils.logging.set_verbosity_error()
