@@ -124,10 +124,11 @@ def graph_generate(
     if total < prompt + max_new_tokens:
         raise ValueError(f"max_cache_len={total} cannot hold {prompt} prompt + {max_new_tokens} new tokens.")
     # The weights' address too: a captured graph reads the parameters it saw, so moved or reloaded weights (e.g.
-    # model.half()) need a new decoder.
+    # model.half()) need a new decoder. And the modules: a graph and the stacked projections would run replaced
+    # ones (an adapter injected after a call) as they were.
     weights = next(model.parameters())
     settings = (batch, total, str(device), do_sample, temperature, top_k, eos_token_id, pad_token_id, compile,
-                weights.dtype, weights.data_ptr())
+                weights.dtype, weights.data_ptr(), tuple(map(id, model.modules())))
     decoder = _DECODERS.get(id(model))
     if decoder is None or decoder.settings != settings:
         _DECODERS.clear()  # one per process: its cache holds device memory
@@ -159,7 +160,7 @@ class _Decoder:
     """
 
     def __init__(self, model: AlibiForCausalLM, settings: tuple, choose):
-        batch, total, device, _, _, _, eos_token_id, pad_token_id, compile, _, _ = settings
+        batch, total, device, _, _, _, eos_token_id, pad_token_id, compile, _, _, _ = settings
         self.model, self.settings, self.choose = model, settings, choose
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.forward = _compiled(model) if compile else model

@@ -157,6 +157,30 @@ def test_weights_changed_in_place_reach_a_kept_decoder():
     decoding.release_decoders()
 
 
+def test_a_module_replaced_after_a_call_gets_a_new_decoder():
+    """An adapter injected after a call (a projection replaced by a module with its own forward): the kept decoder,
+    its stacked projections and its graph would run the old module, so the next call builds a new one."""
+    from modeling_alibi import alibi_decoding as decoding
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = tiny_model(4, "sdpa")
+    input_ids, mask = prompts()
+    graph_generate(model, input_ids, 10, attention_mask=mask)
+    first = decoding._DECODERS[id(model)]
+    attention = model.model.layers[0].self_attn
+    doubled = Doubled(attention.v_proj.in_features, attention.v_proj.out_features)
+    doubled.load_state_dict(attention.v_proj.state_dict())
+    attention.v_proj = doubled
+    actual = graph_generate(model, input_ids, 10, attention_mask=mask)
+    assert decoding._DECODERS[id(model)] is not first
+    expected = model.generate(input_ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, **GREEDY)
+    assert torch.equal(actual, expected)
+    decoding.release_decoders()
+
+
 def test_projections_that_are_not_plain_linear_keep_their_forward():
     """A wrapped projection (LoRA, quantized layers: a subclass with its own forward) is not stacked."""
     from modeling_alibi import alibi_decoding as decoding
