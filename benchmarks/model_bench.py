@@ -8,6 +8,8 @@ anchors of shared/research/anchors.md section 5.
 Parts (`--parts`, default all; each case catches OOM and errors, records them and goes on). Each lives in its
 own module, whose docstring gives the method:
 
+  attention  bench_attention.py: cuDNN's fused ALiBi against unbiased SDPA, fwd and fwd+bwd, at 4K x 4, 16K and
+             64K tokens (cudnn_bench.py's method); CUDA with nvidia-cudnn-frontend only, else recorded as skipped.
   train      bench_train.py: fwd+bwd+AdamW step at L=512, 16 sequences: tokens/s and MFU; ours, MPT, BLOOM.
   prompt     bench_prompt.py: chunked prefill into a full cache at 16K..256K tokens and a windowed one up to 1M,
              then `generate` of 128 tokens: time and peak memory; peers: their longest no-cache forward.
@@ -64,6 +66,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the parts and the harness, beside this file
+import bench_attention  # noqa: E402
 import bench_decode  # noqa: E402
 import bench_precision  # noqa: E402
 import bench_prompt  # noqa: E402
@@ -71,15 +74,15 @@ import bench_serve  # noqa: E402
 import bench_train  # noqa: E402
 from harness import Bench  # noqa: E402
 
-PARTS = ("train", "prompt", "decode", "precision")
+PARTS = ("attention", "train", "prompt", "decode", "precision")
 # Optional extras, run after the parts only while the time budget (--budget) has room for their cost.
 EXTRAS = ("long_static", "train_compiled", "serve")
 # Each part's and extra's function of the Bench, and each part's section of the table.
-RUN = {"train": bench_train.run, "prompt": bench_prompt.run, "decode": bench_decode.run,
-       "precision": bench_precision.run, "long_static": bench_decode.extra_long_static,
+RUN = {"attention": bench_attention.run, "train": bench_train.run, "prompt": bench_prompt.run,
+       "decode": bench_decode.run, "precision": bench_precision.run, "long_static": bench_decode.extra_long_static,
        "train_compiled": bench_train.extra_compiled, "serve": bench_serve.run}
-REPORT = {"train": bench_train.report, "prompt": bench_prompt.report, "decode": bench_decode.report,
-          "precision": bench_precision.report, "serve": bench_serve.report}
+REPORT = {"attention": bench_attention.report, "train": bench_train.report, "prompt": bench_prompt.report,
+          "decode": bench_decode.report, "precision": bench_precision.report, "serve": bench_serve.report}
 # Rough cost in seconds on one H100 of the optional extras (mostly compilation); each runs only when the budget
 # has that much left.
 EXTRA_COST = {"long_static": 110, "train_compiled": 220, "serve": 240}

@@ -17,7 +17,7 @@ def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("model_bench")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OUT": str(out)}
     command = [sys.executable, str(ROOT / "benchmarks" / "model_bench.py"), "--device", "cpu", "--quick",
-               "--parts", "prompt,decode,precision,serve", "--out", str(out)]
+               "--parts", "attention,prompt,decode,precision,serve", "--out", str(out)]
     # About 80 s on 2 idle cores, 16 s of it measuring the CPU's rates; the limit only catches a hang (shared cores).
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -29,6 +29,7 @@ def test_json_has_every_part_and_no_errors(bench):
     assert bench["errors"] == []
     assert {"meta", "timings_s", "prompt", "decode", "precision"} <= bench.keys()
     assert "train" not in bench  # only the parts asked for
+    assert bench["attention"]["skipped"].startswith("needs CUDA") and bench["attention"]["rows"] == []
     assert bench["meta"]["copy_gb_s"] > 0
     prompt = bench["prompt"]
     assert {"ours_full", "ours_window", "peers", "peer_longest"} <= prompt.keys()
