@@ -104,6 +104,19 @@ def test_new_weights_get_a_new_decoder():
     assert decoding._DECODERS[id(model)] is not first and out.shape == (1, 10)
 
 
+class _Doubled(torch.nn.Linear):
+    """A projection with its own forward, as a LoRA or quantized layer has: twice the plain output."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def _doubled(linear: torch.nn.Linear) -> _Doubled:
+    doubled = _Doubled(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    doubled.load_state_dict(linear.state_dict())
+    return doubled
+
+
 def test_steps_use_the_stacked_projection_and_prefill_the_three():
     """Decode steps run one stacked q/k/v projection (`fused_qkv`), prefill the model's own three; nothing stays set."""
     from modeling_alibi import alibi_decoding as decoding
@@ -162,18 +175,12 @@ def test_a_module_replaced_after_a_call_gets_a_new_decoder():
     its stacked projections and its graph would run the old module, so the next call builds a new one."""
     from modeling_alibi import alibi_decoding as decoding
 
-    class Doubled(torch.nn.Linear):
-        def forward(self, x):
-            return 2 * super().forward(x)
-
     model = tiny_model(4, "sdpa")
     input_ids, mask = prompts()
     graph_generate(model, input_ids, 10, attention_mask=mask)
     first = decoding._DECODERS[id(model)]
     attention = model.model.layers[0].self_attn
-    doubled = Doubled(attention.v_proj.in_features, attention.v_proj.out_features)
-    doubled.load_state_dict(attention.v_proj.state_dict())
-    attention.v_proj = doubled
+    attention.v_proj = _doubled(attention.v_proj)
     actual = graph_generate(model, input_ids, 10, attention_mask=mask)
     assert decoding._DECODERS[id(model)] is not first
     expected = model.generate(input_ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, **GREEDY)
@@ -185,15 +192,9 @@ def test_projections_that_are_not_plain_linear_keep_their_forward():
     """A wrapped projection (LoRA, quantized layers: a subclass with its own forward) is not stacked."""
     from modeling_alibi import alibi_decoding as decoding
 
-    class Doubled(torch.nn.Linear):
-        def forward(self, x):
-            return 2 * super().forward(x)
-
     model = tiny_model(4, "sdpa")
-    old = model.model.layers[1].self_attn.q_proj
-    doubled = Doubled(old.in_features, old.out_features, bias=old.bias is not None)
-    doubled.load_state_dict(old.state_dict())
-    model.model.layers[1].self_attn.q_proj = doubled
+    attention = model.model.layers[1].self_attn
+    attention.q_proj = _doubled(attention.q_proj)
     assert decoding._stacked_projections(model) == []
     input_ids, mask = prompts()
     expected = model.generate(input_ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, **GREEDY)
