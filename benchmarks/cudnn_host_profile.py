@@ -4,7 +4,9 @@
 
 Prints microseconds per call for the custom ops called directly, for the frontend's graph.execute alone, for
 forward+backward through autograd (whose backward runs on autograd's device thread), for the backward op on a
-second Python thread, and unbiased SDPA for scale; then cProfile's top entries for the two ops (main thread).
+second Python thread, for the same forward graph built without ALiBi (the frontend's own cost of ALiBi), and
+unbiased SDPA for scale; then cProfile's top entries for the two ops, the eager forward and graph.execute (main
+thread).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ def main() -> None:
         else:  # the {uid: buffer} form the probes used
             graph.execute(dict(zip(uids, buffers, strict=True)), workspace, handle=handle)
 
+    causal, causal_uids = alibi_cudnn._define(cudnn, handle, False, tuple(q.shape), q.dtype, SCALE, alibi=False)
+    alibi_cudnn._finish(cudnn, causal)
+    causal_workspace = torch.empty(max(causal.get_workspace_size(), 1), device="cuda", dtype=torch.uint8)
+
     def on_thread(fn):
         result = {}
         thread = threading.Thread(target=lambda: result.setdefault("us", host_us(fn, args.reps)))
@@ -59,8 +65,12 @@ def main() -> None:
 
     cases = {
         "forward op": lambda: alibi_cudnn._forward_op(q, k, v, SCALE),
+        "eager forward (autograd.Function)": lambda: alibi_cudnn.alibi_cudnn_attention(qg, kg, vg, SCALE),
+        "_forward (no autograd)": lambda: alibi_cudnn._forward(q, k, v, SCALE),
         "backward op": lambda: alibi_cudnn._backward_op(do, q, k, v, out, stats, SCALE),
         "graph.execute, forward": lambda: execute(False),
+        "graph.execute, forward, no ALiBi": lambda: causal.execute(
+            [q, k, v, out, stats], causal_workspace, handle=handle, tensor_uids=causal_uids),
         "graph.execute, backward": lambda: execute(True),
         "graph.execute, backward, dict form": lambda: execute(True, ordered=False),
         "fwd+bwd through autograd": lambda: torch.autograd.grad(
@@ -72,7 +82,7 @@ def main() -> None:
     for name, fn in cases.items():
         print(f"{name:34s} {host_us(fn, args.reps):8.1f} us/call", flush=True)
     print(f"{'backward op on a second thread':34s} {on_thread(cases['backward op']):8.1f} us/call", flush=True)
-    for name in ("forward op", "backward op"):
+    for name in ("forward op", "backward op", "eager forward (autograd.Function)", "graph.execute, forward"):
         profile = cProfile.Profile()
         profile.enable()
         for _ in range(args.reps):

@@ -173,6 +173,9 @@ GRAPH_VARIANTS = {
     "default": {},
     "coordinate descent": {"coordinate_descent_tuning": True},
     "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
+    # Horizontal fusion of independent kernels (the key and value cache writes of a layer, for one). Pointwise
+    # only: with reductions too, it fused the 65,536-key position cumsum unsplit (0.018 -> 0.364 ms per step).
+    "combo": {"combo_kernels": True, "combo_kernels_pointwise_only": True},
 }
 
 

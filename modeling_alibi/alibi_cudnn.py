@@ -1,12 +1,13 @@
 """Causal ALiBi attention on cuDNN's fused flash SDPA, forward and backward, through nvidia-cudnn-frontend.
 
 Why: cuDNN's fused SDPA has ALiBi built in (`use_alibi_mask`). On an H200 (bf16, 8 heads, head dim 128,
-benchmarks/cudnn_bench.py) this op's forward+backward runs at 0.85x (4K tokens x 4), 0.90x (16K) and 0.96x (64K)
-of unbiased causal SDPA, and 1.4x, 2.5x and 2.3x faster than the model's flex backend; its forward alone is 0.84-0.86x
-of unbiased SDPA, 1.1-1.25x faster than the Triton kernel the model uses for inference. Its host cost per call is
-higher than SDPA's (about 70 us forward, 600 us forward+backward through autograd, against 17 and 125 us;
-benchmarks/cudnn_host_profile.py), which shows at small shapes unless CUDA graphs replay the step; eager calls
-therefore skip the custom ops' dispatch (`_EagerCudnnAlibi`).
+benchmarks/cudnn_bench.py, runs of the fifth to eighth sessions) this op's forward+backward runs at 0.85-0.92x (4K
+tokens x 4), 0.89-0.93x (16K) and 0.96-0.97x (64K) of unbiased causal SDPA, and 1.4x, 2.5x and 2.3x faster than the
+model's flex backend; its forward alone is 0.84-0.86x of unbiased SDPA, 1.1-1.25x faster than the Triton kernel the
+model uses for inference. No other plan cuDNN offers for these graphs is faster (benchmarks/cudnn_plan_sweep.py).
+Its host cost per call is higher than SDPA's (53 us for an eager forward against 17; forward+backward through
+autograd 270-310 us against 125-170; benchmarks/cudnn_host_profile.py), which shows at small shapes unless CUDA
+graphs replay the step; eager calls therefore skip the custom ops' dispatch (`_EagerCudnnAlibi`).
 
 What it computes, exactly (and nothing else):
     out[b, h, i] = sum_j softmax_j(scale * q_i.k_j - m_h * (i - j)) v_j   over keys j <= i,
@@ -41,6 +42,7 @@ and without it `is_supported` is False.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import threading
 from typing import Any
@@ -132,15 +134,26 @@ atexit.register(_GRAPHS.clear)  # release the frontend's objects before its modu
 _THREAD = threading.local()
 
 
+try:  # torch's current stream of a device as a raw pointer; private (inductor's generated code uses it), so guarded
+    from torch._C import _cuda_getCurrentRawStream as _raw_stream
+except ImportError:  # pragma: no cover
+    def _raw_stream(index: int) -> int:
+        return torch.cuda.current_stream(index).cuda_stream
+
+
 def _handle(cudnn: Any, device: torch.device) -> Any:
     """This thread's cuDNN handle for `device`, set to torch's current stream."""
     handles = _THREAD.__dict__.setdefault("handles", {})
-    handle = handles.get(device)
-    if handle is None:
-        with torch.cuda.device(device):
-            handle = handles[device] = cudnn.create_handle()
-    cudnn.set_stream(handle, torch.cuda.current_stream(device).cuda_stream)  # no-op when unchanged
-    return handle
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    entry = handles.get(index)  # [handle, the stream it was last set to]
+    if entry is None:
+        with torch.cuda.device(index):
+            entry = handles[index] = [cudnn.create_handle(), None]
+    stream = _raw_stream(index)
+    if stream != entry[1]:  # host time: the stream changes only under side streams and graph capture
+        cudnn.set_stream(entry[0], stream)
+        entry[1] = stream
+    return entry[0]
 
 
 def _new_graph(cudnn: Any, handle: Any, dtype: torch.dtype) -> Any:
@@ -163,10 +176,25 @@ def _finish(cudnn: Any, graph: Any) -> None:
 
 def _build(cudnn: Any, handle: Any, backward: bool, shape: tuple[int, ...], dtype: torch.dtype, scale: float):
     """(graph, its tensors' uids in binding order, workspace bytes) for one direction at one shape."""
+    graph, uids = _define(cudnn, handle, backward, shape, dtype, scale)
+    _finish(cudnn, graph)
+    return graph, uids, graph.get_workspace_size()
+
+
+def _define(
+    cudnn: Any,
+    handle: Any,
+    backward: bool,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    scale: float,
+    alibi: bool = True,
+) -> tuple[Any, tuple[int, ...]]:
+    """(graph before planning, its tensors' uids in binding order). `alibi=False` is for benchmarks only."""
     b, h, s, d = shape
     layout = dict(dim=[b, h, s, d], stride=list(_bshd_strides(b, h, s, d)))
     stats_layout = dict(dim=[b, h, s, 1], stride=[h * s, s, 1, 1], data_type=cudnn.data_type.FLOAT)
-    mask = dict(attn_scale=scale, use_causal_mask=True, use_alibi_mask=True)
+    mask = dict(attn_scale=scale, use_causal_mask=True, use_alibi_mask=alibi)
     graph = _new_graph(cudnn, handle, dtype)
     # Uids name the operands, so a call binds its buffers as an ordered list (the frontend's fast path). The
     # numbers are those of the frontend's own torch op (cudnn/sdpa/fwd/torch_op.py).
@@ -183,9 +211,7 @@ def _build(cudnn: Any, handle: Any, backward: bool, shape: tuple[int, ...], dtyp
         dq, dk, dv = graph.sdpa_backward(name="alibi_sdpa_bwd", q=q, k=k, v=v, o=out, dO=grad_out, stats=stats, **mask)
         for uid, grad in enumerate((dq, dk, dv), start=201):
             grad.set_uid(uid).set_output(True).set_dim(layout["dim"]).set_stride(layout["stride"])
-    _finish(cudnn, graph)
-    uids = (1, 2, 3, 100, 101, 200, 201, 202, 203) if backward else (1, 2, 3, 100, 101)
-    return graph, uids, graph.get_workspace_size()
+    return graph, (1, 2, 3, 100, 101, 200, 201, 202, 203) if backward else (1, 2, 3, 100, 101)
 
 
 def _run(backward: bool, scale: float, buffers: tuple[torch.Tensor, ...]) -> None:
@@ -196,9 +222,11 @@ def _run(backward: bool, scale: float, buffers: tuple[torch.Tensor, ...]) -> Non
     query = buffers[0]
     if not query.is_cuda or query.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"alibi_cudnn_attention takes CUDA bf16/fp16 tensors; got {query.dtype} on {query.device}")
-    key = (backward, tuple(query.shape), query.stride(), query.dtype, query.device, scale)
-    with torch.cuda.device(query.device):
-        handle = _handle(cudnn, query.device)
+    device = query.device
+    key = (backward, tuple(query.shape), query.stride(), query.dtype, device, scale)
+    # Kernels launch on the current device's context; switching costs host time, so only when it differs.
+    with torch.cuda.device(device) if device.index != torch.cuda.current_device() else contextlib.nullcontext():
+        handle = _handle(cudnn, device)
         entry = _GRAPHS.get(key)
         if entry is None:
             with _GRAPHS_LOCK:
@@ -208,7 +236,7 @@ def _run(backward: bool, scale: float, buffers: tuple[torch.Tensor, ...]) -> Non
                     while len(_GRAPHS) > GRAPH_CACHE_SIZE:
                         _GRAPHS.pop(next(iter(_GRAPHS)))
         graph, uids, workspace_bytes = entry
-        workspace = torch.empty(max(workspace_bytes, 1), device=query.device, dtype=torch.uint8)
+        workspace = torch.empty(max(workspace_bytes, 1), device=device, dtype=torch.uint8)
         graph.execute(list(buffers), workspace, handle=handle, tensor_uids=uids)
 
 
