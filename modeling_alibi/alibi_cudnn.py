@@ -189,12 +189,19 @@ def _define(
     dtype: torch.dtype,
     scale: float,
     alibi: bool = True,
+    left_band: int | None = None,
 ) -> tuple[Any, tuple[int, ...]]:
-    """(graph before planning, its tensors' uids in binding order). `alibi=False` is for benchmarks only."""
+    """(graph before planning, its tensors' uids in binding order).
+
+    For benchmarks only: `alibi=False` drops the bias; `left_band` keeps query i to keys i - j < left_band (one
+    window for all heads, so not the model's per-head `alibi_truncation`: benchmarks/cudnn_band_bench.py).
+    """
     b, h, s, d = shape
     layout = dict(dim=[b, h, s, d], stride=list(_bshd_strides(b, h, s, d)))
     stats_layout = dict(dim=[b, h, s, 1], stride=[h * s, s, 1, 1], data_type=cudnn.data_type.FLOAT)
     mask = dict(attn_scale=scale, use_causal_mask=True, use_alibi_mask=alibi)
+    if left_band is not None:
+        mask["diagonal_band_left_bound"] = left_band
     graph = _new_graph(cudnn, handle, dtype)
     # Uids name the operands, so a call binds its buffers as an ordered list (the frontend's fast path). The
     # numbers are those of the frontend's own torch op (cudnn/sdpa/fwd/torch_op.py).
