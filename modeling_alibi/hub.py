@@ -96,7 +96,7 @@ def export_for_hub(
         try:
             with atomic_directory(output_dir, overwrite=overwrite) as staging:
                 _write_folder(model, staging, tokenizer, name or output_dir.name, license, datasets, notes)
-                verify_export(model, staging, tokenizer)
+                verify_export(staging, model.state_dict(), tokenizer, type(model))
                 _set_modes(staging)
         except BaseException:
             restore_swapped_out(output_dir, own=True)
@@ -180,28 +180,48 @@ class ExportVerificationError(UserError, RuntimeError):
     """The folder written does not load back to the same weights or tokenizer; it was not put in place."""
 
 
-def verify_export(model: PreTrainedModel, folder: Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
-    """Load `folder` back and compare: no missing or unexpected keys, every tensor equal, the tokenizer loads."""
-    loaded, info = type(model).from_pretrained(folder, dtype=model.dtype, output_loading_info=True)
+def verify_export(
+    folder: Path,
+    expected: dict[str, torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    model_class: type | None = None,
+) -> None:
+    """Load `folder` back and compare it with what was meant to be written, before it is put in place.
+
+    Checks: no missing, unexpected or mismatched keys; every tensor of `expected` (a state dict) equal in shape,
+    dtype and value; and, given `tokenizer`, the saved tokenizer loads with the same vocabulary and encodes a
+    sample the same way. `model_class` loads the weights (default AutoModelForCausalLM). Used by `alibi-lm export`,
+    `alibi-lm train` and `alibi-lm finetune`.
+
+    Raises:
+        ExportVerificationError: naming up to five of the differences.
+    """
+    from transformers import AutoModelForCausalLM
+
+    loaded, info = (model_class or AutoModelForCausalLM).from_pretrained(folder, output_loading_info=True)
     problems = loading_problems(info)
-    expected, got = model.state_dict(), loaded.state_dict()
-    problems += [f"{k}: differs" for k in expected if k in got and not _same(expected[k], got[k])]
+    got = loaded.state_dict()
+    problems += [f"{k}: differs" for k, tensor in expected.items() if k in got and not _same(tensor, got[k])]
     problems += [f"{k}: missing" for k in expected if k not in got]
+    if tokenizer is not None:
+        problems += _tokenizer_problems(folder, tokenizer)
     if problems:
         raise ExportVerificationError(
-            f"the exported weights do not load back as written ({'; '.join(problems[:5])}); nothing was written."
+            f"the export does not load back as written ({'; '.join(problems[:5])}); nothing was written."
         )
-    if tokenizer is not None:
-        from transformers import AutoTokenizer
 
-        try:
-            reloaded = AutoTokenizer.from_pretrained(folder)
-        except Exception as error:  # noqa: BLE001  (any failure to load means the folder is unusable)
-            message = f"the exported tokenizer does not load ({_first_line(error)}); nothing was written."
-            raise ExportVerificationError(message) from error
-        sample = "Hello world, 123."
-        if len(reloaded) != len(tokenizer) or reloaded(sample)["input_ids"] != tokenizer(sample)["input_ids"]:
-            raise ExportVerificationError("the exported tokenizer encodes differently; nothing was written.")
+
+def _tokenizer_problems(folder: Path, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    from transformers import AutoTokenizer
+
+    try:
+        reloaded = AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # noqa: BLE001  (any failure to load means the folder is unusable)
+        return [f"the tokenizer does not load ({_first_line(error)})"]
+    sample = "Hello world, 123."
+    if reloaded.get_vocab() != tokenizer.get_vocab() or reloaded(sample)["input_ids"] != tokenizer(sample)["input_ids"]:
+        return ["the tokenizer's vocabulary or encoding differs from the one given"]
+    return []
 
 
 def loading_problems(info: dict) -> list[str]:

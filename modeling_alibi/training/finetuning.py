@@ -14,10 +14,11 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
 from ..errors import check_not_run_folder, check_saved_config
+from ..hub import verify_export
 from ..io_utils import atomic_directory, cleanup_staging, lock_directory
 from ..tokenization import save_tokenizer
 from .data import TextSource, build_lm_dataset, collate_blocks
-from .loop import OutputDirInUseError, verify_export
+from .loop import OutputDirInUseError
 
 logger = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from transformers import (
 
 from ..configuration_alibi import AlibiConfig
 from ..errors import UserError
+from ..hub import ExportVerificationError, verify_export
 from ..io_utils import LOCK_NAME, atomic_directory, atomic_write_text, cleanup_staging, disk_full_guard, lock_directory
 from ..resources import preset_names, resource_path
 from ..tokenization import save_tokenizer
@@ -56,10 +57,6 @@ class OutputDirInUseError(UserError):
 
 class NonFiniteLossError(UserError):
     """The training loss became NaN or infinite; nothing from that step on is saved."""
-
-
-class ExportVerificationError(RuntimeError):
-    """What `final/` would hold does not load back equal to the trained model; nothing was put in place."""
 
 
 def make_accelerator(args: TrainArguments) -> Accelerator:
@@ -370,29 +367,6 @@ def export_model(
             verify_export(staging, state_dict, tokenizer)
     accelerator.wait_for_everyone()
     return output_dir
-
-
-def verify_export(folder: Path, state_dict: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase) -> None:
-    """Load `folder` back: no missing or unexpected keys, every tensor equal to `state_dict`'s (dtype included),
-    and the tokenizer loads with the same vocabulary. Raises `ExportVerificationError` naming what differs."""
-    loaded, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
-    keys = ("missing_keys", "unexpected_keys", "mismatched_keys")
-    problems = [f"{key}: {info[key]}" for key in keys if info.get(key)]
-    weights = loaded.state_dict()
-    for name, tensor in state_dict.items():
-        saved = weights.get(name)
-        if saved is None or saved.dtype != tensor.dtype or not torch.equal(saved, tensor.detach().cpu()):
-            problems.append(f"tensor {name} differs from the trained one")
-    try:
-        vocab = AutoTokenizer.from_pretrained(folder).get_vocab()
-    except Exception as error:  # any failure to load is the finding
-        problems.append(f"the tokenizer does not load ({type(error).__name__}: {error})")
-    else:
-        if vocab != tokenizer.get_vocab():
-            problems.append("the saved tokenizer's vocabulary differs from the training tokenizer's")
-    if problems:
-        raise ExportVerificationError(f"The export to {folder} does not load back as trained, so nothing was put "
-                                      f"in place: {'; '.join(problems[:5])}")
 
 
 def _plain_copy(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
