@@ -242,3 +242,25 @@ def test_cache_folders_get_the_default_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "entry").stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_cache_entry_finished_first_by_another_process_is_kept(tmp_path, monkeypatch):
+    """Two runs sharing a cache may build the same entry at once. The first rename wins; the second writer's copy
+    is discarded without an error, even when the other rename lands just before this one (no check-then-act)."""
+    entry = tmp_path / "entry"
+
+    def other_process_first(real):
+        def rename(source, target):
+            if not entry.exists():  # the other writer's rename lands between any check and this one
+                entry.mkdir()
+                (entry / "file").write_text("first")
+            return real(source, target)
+
+        return rename
+
+    monkeypatch.setattr(data.os, "rename", other_process_first(os.rename))
+    monkeypatch.setattr(data.os, "replace", other_process_first(os.replace))
+    with data._atomic_dir(entry) as staging:
+        (staging / "file").write_text("second")
+    assert (entry / "file").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # no staging folder left behind

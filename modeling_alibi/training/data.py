@@ -217,8 +217,13 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
     tmp.mkdir()  # with the umask's mode: the cache is shared (mkdtemp's 0700 would make it private to one user)
     try:
         yield tmp
-        if not path.exists():  # another process may have finished the same entry first; both are identical
-            os.replace(tmp, path)
+        try:
+            os.rename(tmp, path)  # fails on an existing non-empty folder: the entry is never replaced
+        except OSError:
+            if not path.is_dir():
+                raise
+            # Another process (a second run on the same cache) finished the same entry first. Entries are keyed
+            # by their inputs, so both are identical: keep the first. A check before the rename would race.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
