@@ -1,8 +1,8 @@
 """Causal ALiBi attention on cuDNN's fused flash SDPA, forward and backward, through nvidia-cudnn-frontend.
 
 Why: cuDNN's fused SDPA has ALiBi built in (`use_alibi_mask`). On an H200 (bf16, 8 heads, head dim 128,
-benchmarks/cudnn_bench.py, runs of the fifth to eighth sessions) this op's forward+backward runs at 0.85-0.92x (4K
-tokens x 4), 0.89-0.93x (16K) and 0.96-0.97x (64K) of unbiased causal SDPA, and 1.4x, 2.5x and 2.3x faster than the
+benchmarks/cudnn_bench.py, runs of the fifth to eighth sessions) this op's forward+backward runs at 0.85-0.93x (4K
+tokens x 4), 0.89-0.93x (16K) and 0.96-0.985x (64K) of unbiased causal SDPA, and 1.4x, 2.5x and 2.3x faster than the
 model's flex backend; its forward alone is 0.84-0.86x of unbiased SDPA, 1.1-1.25x faster than the Triton kernel the
 model uses for inference. No other plan cuDNN offers for these graphs is faster (benchmarks/cudnn_plan_sweep.py).
 Its host cost per call is higher than SDPA's (53 us for an eager forward against 17; forward+backward through
