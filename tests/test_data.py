@@ -264,3 +264,12 @@ def test_a_cache_entry_finished_first_by_another_process_is_kept(tmp_path, monke
         (staging / "file").write_text("second")
     assert (entry / "file").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # no staging folder left behind
+
+
+def test_a_failed_cache_write_is_not_hidden_by_an_existing_entry(tmp_path):
+    """Only the final rename may lose to another writer: an error while writing still raises, entry or not."""
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    with pytest.raises(OSError, match="disk trouble"), data._atomic_dir(entry):
+        raise OSError("disk trouble")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # the staging folder was removed

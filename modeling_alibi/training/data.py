@@ -16,7 +16,6 @@ import json
 import logging
 import lzma
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..errors import InputError, not_utf8
 from ..fairseq.dictionary import SPECIAL_SYMBOLS, FairseqDictionary, build_fairseq_dictionary, fairseq_tokenizer
-from ..io_utils import staging_path
+from ..io_utils import atomic_directory
 from ..tokenization import PADDING_SIDE, save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -211,21 +210,17 @@ def load_or_train_tokenizer(
 
 @contextlib.contextmanager
 def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder that is renamed to `path` on success, so no reader sees half an entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_path(path)
-    tmp.mkdir()  # with the umask's mode: the cache is shared (mkdtemp's 0700 would make it private to one user)
+    """`io_utils.atomic_directory` for cache entries, where the first writer wins: when another process (a second
+    run on the same cache) has put the same entry in place first, its copy is kept and this one is dropped. Entries
+    are keyed by their inputs, so both are identical."""
+    written = False
     try:
-        yield tmp
-        try:
-            os.rename(tmp, path)  # fails on an existing non-empty folder: the entry is never replaced
-        except OSError:
-            if not path.is_dir():
-                raise
-            # Another process (a second run on the same cache) finished the same entry first. Entries are keyed
-            # by their inputs, so both are identical: keep the first. A check before the rename would race.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(path) as tmp:  # staged beside `path`, with the umask's mode (the cache is shared)
+            yield tmp
+            written = True
+    except OSError:  # FileExistsError, or ENOTEMPTY when the other rename landed after publish's check
+        if not (written and path.is_dir()):
+            raise
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
