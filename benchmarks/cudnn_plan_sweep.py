@@ -43,10 +43,7 @@ def bshd(B: int, L: int) -> torch.Tensor:
 def planned(cudnn, handle, backward: bool, shape: tuple, alibi: bool):
     """The op's graph for this direction and mask, with its ranked plan list made but no plan built."""
     graph, uids = alibi_cudnn._define(cudnn, handle, backward, shape, torch.bfloat16, SCALE, alibi=alibi)
-    graph.validate()
-    graph.build_operation_graph()
-    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-    graph.check_support()
+    alibi_cudnn._plan(cudnn, graph)
     return graph, uids
 
 

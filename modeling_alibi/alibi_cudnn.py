@@ -166,11 +166,17 @@ def _new_graph(cudnn: Any, handle: Any, dtype: torch.dtype) -> Any:
     )
 
 
-def _finish(cudnn: Any, graph: Any) -> None:
+def _plan(cudnn: Any, graph: Any) -> None:
+    """Validate `graph` and rank its execution plans (heuristics A, then FALLBACK); no plan is built yet."""
     graph.validate()
     graph.build_operation_graph()
     graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     graph.check_support()
+
+
+def _finish(cudnn: Any, graph: Any) -> None:
+    """Plan `graph` and build the first plan that builds: the one the op runs."""
+    _plan(cudnn, graph)
     graph.build_plans()
 
 
