@@ -169,24 +169,37 @@ def decode_part(result: dict) -> None:
         print(f"generate {cache_implementation or 'dynamic'}: {128 / dt:.1f} tok/s (prompt included)", flush=True)
 
 
+COMBO = {"combo_kernels": True, "combo_kernels_pointwise_only": True}
+# label: (inductor options, batch-1 linear layers as inductor reductions: decoding.ROW_MATMULS_AS_REDUCTIONS).
 GRAPH_VARIANTS = {
-    "default": {},
-    "coordinate descent": {"coordinate_descent_tuning": True},
-    "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
+    "default": ({}, False),
+    "coordinate descent": ({"coordinate_descent_tuning": True}, False),
+    "max-autotune": ({"max_autotune": True, "coordinate_descent_tuning": True}, False),
     # Horizontal fusion of independent kernels (the key and value cache writes of a layer, for one). Pointwise
     # only: with reductions too, it fused the 65,536-key position cumsum unsplit (0.018 -> 0.364 ms per step).
-    "combo": {"combo_kernels": True, "combo_kernels_pointwise_only": True},
+    "combo": (COMBO, False),
+    # The shipped setting: combo kernels, and each linear layer one reduction kernel with its epilogue fused.
+    "combo+rows": (COMBO, True),
+    "combo+rows+coordinate descent": ({**COMBO, "coordinate_descent_tuning": True}, True),
 }
 
 
 def graph_part(result: dict, variants: list[str]) -> None:
     model = build().eval()
     rows = result.setdefault("graph", [])
+    # Compile each variant afresh: the caches key on the traced graph and inductor's options, not on the
+    # decomposition table, so a second variant would get the first one's kernels.
+    import torch._functorch.config
+    import torch._inductor.config
+
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     for label in variants:
-        options = GRAPH_VARIANTS[label]
+        options, row_reductions = GRAPH_VARIANTS[label]
         decoding.release_decoders()
         torch._dynamo.reset()
         decoding.COMPILE_OPTIONS = options
+        decoding.ROW_MATMULS_AS_REDUCTIONS = row_reductions
         for context in (2048, 65536):
             graph_row(rows, model, label, options, context)  # its inputs are freed on return
     decoding.release_decoders()

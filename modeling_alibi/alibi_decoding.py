@@ -304,6 +304,50 @@ _DECODERS: dict[int, _Decoder] = {}
 # 218 -> 202 launches per step; on an H200, 0.799 -> 0.774 ms per token at 2,048 keys and 1.768 -> 1.612 at 65,536.
 # Pointwise only: with reductions, the 65,536-key position cumsum was fused unsplit (0.018 -> 0.364 ms per step).
 COMPILE_OPTIONS: dict = {"combo_kernels": True, "combo_kernels_pointwise_only": True}
+# Batch-1 linear layers as inductor reductions (_row_matmul); False keeps cuBLAS's GEMVs (step_profile compares).
+ROW_MATMULS_AS_REDUCTIONS = True
+
+
+def _row_matmul(fallback):
+    """A decomposition of aten.mm / aten.addmm that writes a single-row product (a batch-1 decode step's linear
+    layers) as a multiply and a sum, and leaves every other call to `fallback`, inductor's own decomposition.
+
+    Why: as a cuBLAS call, each linear layer is a GEMV launch plus separate launches for what follows it (relu,
+    residual add, fc2's split-K reduce), and cuBLASLt runs the 1,024 x 1,024 output projection on 16 blocks. As a
+    reduction, inductor emits one kernel per layer with the bias, relu and residual add fused into it. (Inductor
+    decomposes batch-1 `mm` this way itself, but only with coordinate_descent_tuning and never `addmm`.) The sum
+    runs in fp32, like cuBLAS's accumulator, and is rounded once.
+    """
+
+    def decomposed(*args, beta=1, alpha=1):
+        bias, (row, matrix) = (args[0], args[1:]) if len(args) == 3 else (None, args)
+        if row.shape[0] != 1 or row.dtype != matrix.dtype:
+            return fallback(*args, beta=beta, alpha=alpha) if bias is not None else fallback(*args)
+        product = row.float().unsqueeze(2) * matrix.float().unsqueeze(0)  # [1, K, 1] * [1, K, N] -> [1, K, N]
+        out = product.sum(dim=1)  # [1, N]
+        if bias is not None:
+            out = alpha * out + beta * bias.float()
+        return out.to(row.dtype)
+
+    return decomposed
+
+
+def _inductor(options: dict):
+    """torch.compile's inductor backend with `options`, and with _row_matmul when ROW_MATMULS_AS_REDUCTIONS."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list):
+        table = select_decomp_table()
+        if ROW_MATMULS_AS_REDUCTIONS:
+            not_ours = {op: table.get(op, lambda *args, **kwargs: NotImplemented) for op in _MATMULS}
+            table = {**table, **{op: _row_matmul(not_ours[op]) for op in _MATMULS}}
+        return compile_fx(graph, example_inputs, config_patches=dict(options), decompositions=table)
+
+    return backend
+
+
+_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 
 
 def _compiled(model: AlibiForCausalLM) -> torch.nn.Module:
@@ -312,7 +356,7 @@ def _compiled(model: AlibiForCausalLM) -> torch.nn.Module:
         _COMPILED.clear()  # keep no stale model alive
         # Static shapes: each cache size gets its own specialized kernels. Automatic dynamic shapes would make the
         # second cache size in a process recompile with symbolic lengths, for every later call.
-        _COMPILED[id(model)] = torch.compile(model, dynamic=False, options=COMPILE_OPTIONS or None)
+        _COMPILED[id(model)] = torch.compile(model, dynamic=False, backend=_inductor(COMPILE_OPTIONS))
     return _COMPILED[id(model)]
 
 

@@ -48,6 +48,36 @@ def test_rows_stop_at_eos_and_pad():
     assert first <= 2 and torch.all(new[first + 1:] == 0)
 
 
+def test_batch_1_linear_layers_decompose_to_the_same_products():
+    """The compiled step's batch-1 matmuls become a multiply and an fp32 sum (decoding._row_matmul): equal to
+    addmm and mm within rounding, and other shapes go to the fallback (inductor's own decomposition)."""
+    from modeling_alibi.alibi_decoding import _row_matmul
+
+    torch.manual_seed(0)
+    row, matrix, bias = torch.randn(1, 64), torch.randn(64, 48), torch.randn(48)
+    passed_on = []
+    decomposed = _row_matmul(lambda *args, **kwargs: passed_on.append(args) or NotImplemented)
+    assert_close(decomposed(bias, row, matrix), torch.addmm(bias, row, matrix))
+    scaled = dict(beta=0.5, alpha=2.0)
+    assert_close(decomposed(bias, row, matrix, **scaled), torch.addmm(bias, row, matrix, **scaled))
+    assert_close(decomposed(row, matrix), row @ matrix)
+    half = decomposed(row.bfloat16(), matrix.bfloat16())
+    assert half.dtype == torch.bfloat16
+    assert_close(half, (row.bfloat16().float() @ matrix.bfloat16().float()).bfloat16())  # fp32 sum, one rounding
+    assert decomposed(torch.randn(2, 64), matrix) is NotImplemented and len(passed_on) == 1
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compiled_step_equals_eager_step(batch):
+    """The inductor step (batch 1: each linear layer one reduction kernel) gives the eager step's tokens."""
+    model = tiny_model(4, "sdpa")
+    input_ids, mask = prompts()
+    input_ids, mask = input_ids[:batch], mask[:batch]
+    eager = graph_generate(model, input_ids, 6, attention_mask=mask, compile=False)
+    compiled = graph_generate(model, input_ids, 6, attention_mask=mask, compile=True)
+    assert torch.equal(compiled, eager)
+
+
 def test_bad_arguments_are_named():
     model = tiny_model(4, "sdpa")
     input_ids = torch.randint(3, 99, (1, 5))
