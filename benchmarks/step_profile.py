@@ -11,6 +11,8 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward).
+  prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
+           the host operators with the most CPU time of their own.
 
 Prints each row (and its top kernels) as it is measured and writes DIR/step_profile.json after each part. On
 the GPU machine:
@@ -241,6 +243,32 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
         print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
 
 
+def prefill_part(result: dict) -> None:
+    """A 1-token `graph_generate` call after a 2,048-token prompt (the decoder kept from a first call): wall ms,
+    GPU-busy ms, the top kernels and the top host operators by their own CPU time."""
+    model = build().eval()
+    ids = torch.randint(3, 32000, (1, 2048), device="cuda")
+
+    def call():
+        decoding.graph_generate(model, ids, 1, max_cache_len=2048 + 129)
+
+    for _ in range(3):
+        call()
+    wall = timed(call, 10)
+    busy, kernels = gpu_busy(call, 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
+    host = [dict(name=e.key[:90], ms=round(e.self_cpu_time_total / 1e3, 3), calls=e.count) for e in events]
+    result["prefill"] = dict(wall_ms=round(wall, 3), gpu_ms=round(busy, 3), top_kernels=kernels, top_host=host)
+    print(f"prefill 2,048 + first token: {wall:.3f} ms wall, {busy:.3f} ms GPU", flush=True)
+    for k in kernels:
+        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+    print("  host, self CPU time:")
+    for k in host:
+        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="train,decode")
@@ -256,7 +284,7 @@ def main() -> None:
         if part == "graph":
             graph_part(result, args.variants.split(","))
         else:
-            {"train": train_part, "decode": decode_part}[part](result)
+            {"train": train_part, "decode": decode_part, "prefill": prefill_part}[part](result)
         with open(os.path.join(args.out, "step_profile.json"), "w") as f:  # after each part: a cut-off run keeps it
             json.dump(result, f, indent=1)
 
