@@ -305,7 +305,10 @@ _DECODERS: dict[int, _Decoder] = {}
 # Pointwise only: with reductions, the 65,536-key position cumsum was fused unsplit (0.018 -> 0.364 ms per step).
 COMPILE_OPTIONS: dict = {"combo_kernels": True, "combo_kernels_pointwise_only": True}
 # Batch-1 linear layers as inductor reductions (_row_matmul); False keeps cuBLAS's GEMVs (step_profile compares).
+# Inductor's FX-graph and AOT caches do not key on the decomposition table: to compare the two settings in one
+# process or cache folder, turn those caches off (step_profile.py does).
 ROW_MATMULS_AS_REDUCTIONS = True
+_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 
 
 def _row_matmul(fallback):
@@ -345,9 +348,6 @@ def _inductor(options: dict):
         return compile_fx(graph, example_inputs, config_patches=dict(options), decompositions=table)
 
     return backend
-
-
-_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 
 
 def _compiled(model: AlibiForCausalLM) -> torch.nn.Module:
