@@ -34,6 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
+import torch._functorch.config  # noqa: E402
+import torch._inductor.config  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import StaticCache  # noqa: E402
 
@@ -78,6 +80,12 @@ def gpu_busy(fn, reps: int, top: int = 12) -> tuple[float, list]:
     return total, kernels
 
 
+def print_top(kernels: list) -> None:
+    """One line per entry of gpu_busy's (or the host profile's) list: ms, calls, name."""
+    for k in kernels:
+        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+
+
 def train_part(result: dict) -> None:
     x = torch.randint(3, 32000, (16, 512), device="cuda")
     modes = {"eager": None, "compiled": "default", "compiled reduce-overhead": "reduce-overhead"}
@@ -119,8 +127,7 @@ def train_row(result: dict, x: torch.Tensor, label: str, mode: str | None) -> No
     result.setdefault("train", []).append(row)
     print(f"train {label}: {row['wall_ms']} ms wall, {row['gpu_ms']} ms GPU, {row['tok_s']} tok/s",
           {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
-    for k in row["top_kernels"]:
-        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+    print_top(row["top_kernels"])
 
 
 def decode_part(result: dict) -> None:
@@ -156,8 +163,7 @@ def decode_part(result: dict) -> None:
         rows.append(dict(step=label, first_s=round(first, 2), wall_ms=round(wall, 3), gpu_ms=round(busy, 3),
                          top_kernels=kernels))
         print(f"decode {label}: first {first:.2f} s, {wall:.3f} ms/token wall, {busy:.3f} ms GPU", flush=True)
-        for k in kernels:
-            print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+        print_top(kernels)
     for cache_implementation in ("static", None):
         kwargs = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False,
                       cache_implementation=cache_implementation)
@@ -191,9 +197,6 @@ def graph_part(result: dict, variants: list[str]) -> None:
     rows = result.setdefault("graph", [])
     # Compile each variant afresh: the caches key on the traced graph and inductor's options, not on the
     # decomposition table, so a second variant would get the first one's kernels.
-    import torch._functorch.config
-    import torch._inductor.config
-
     torch._inductor.config.fx_graph_cache = False
     torch._functorch.config.enable_autograd_cache = False
     for label in variants:
@@ -218,7 +221,7 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    row = dict(variant=label, options=options, context=context)
+    row = dict(variant=label, options=options, row_reductions=decoding.ROW_MATMULS_AS_REDUCTIONS, context=context)
     try:
         row["first_call_s"] = round(call(4), 2)  # compiles and captures
         one = min(call(1) for _ in range(3))
@@ -239,8 +242,7 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
     print(f"graph {label} {context}: first {row['first_call_s']} s, prefill+first token {row['prefill_ms']} "
           f"ms, {row['per_token_ms']} ms/token, step GPU {row['gpu_ms']} ms in {row['launches_per_step']} "
           "launches", flush=True)
-    for k in kernels[:16]:
-        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+    print_top(kernels[:16])
 
 
 def prefill_part(result: dict) -> None:
@@ -262,11 +264,9 @@ def prefill_part(result: dict) -> None:
     host = [dict(name=e.key[:90], ms=round(e.self_cpu_time_total / 1e3, 3), calls=e.count) for e in events]
     result["prefill"] = dict(wall_ms=round(wall, 3), gpu_ms=round(busy, 3), top_kernels=kernels, top_host=host)
     print(f"prefill 2,048 + first token: {wall:.3f} ms wall, {busy:.3f} ms GPU", flush=True)
-    for k in kernels:
-        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+    print_top(kernels)
     print("  host, self CPU time:")
-    for k in host:
-        print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
+    print_top(host)
 
 
 def main() -> None:
