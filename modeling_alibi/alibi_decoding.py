@@ -335,6 +335,11 @@ def _row_matmul(fallback):
     return decomposed
 
 
+def _undecomposed(*args, **kwargs):
+    """The fallback where inductor has no decomposition of its own: keep the op."""
+    return NotImplemented
+
+
 def _inductor(options: dict):
     """torch.compile's inductor backend with `options`, and with _row_matmul when ROW_MATMULS_AS_REDUCTIONS."""
     from torch._inductor.compile_fx import compile_fx
@@ -343,8 +348,7 @@ def _inductor(options: dict):
     def backend(graph: torch.fx.GraphModule, example_inputs: list):
         table = select_decomp_table()
         if ROW_MATMULS_AS_REDUCTIONS:
-            not_ours = {op: table.get(op, lambda *args, **kwargs: NotImplemented) for op in _MATMULS}
-            table = {**table, **{op: _row_matmul(not_ours[op]) for op in _MATMULS}}
+            table = {**table, **{op: _row_matmul(table.get(op, _undecomposed)) for op in _MATMULS}}
         return compile_fx(graph, example_inputs, config_patches=dict(options), decompositions=table)
 
     return backend
