@@ -9,6 +9,8 @@ Hub payload: imports only torch and the standard library.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -155,6 +157,24 @@ def tracing(device: torch.device) -> bool:
     return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
+# Set (to True) by `empty_static_cache()`: the static cache of the forwards inside is known to be empty.
+_EMPTY_STATIC_CACHE = contextvars.ContextVar("alibi_empty_static_cache", default=False)
+
+
+@contextlib.contextmanager
+def empty_static_cache():
+    """Forwards inside may assume their static cache is empty, rather than read its length from the device.
+
+    For the graph decoder's prompt (alibi_decoding), which it captures as a CUDA graph: reading the length would
+    sync, which a capture forbids, and without it an unpadded prompt would take the padded path, whose kernels
+    attend to every empty slot. Only for one forward right after the cache's `reset()`."""
+    token = _EMPTY_STATIC_CACHE.set(True)
+    try:
+        yield
+    finally:
+        _EMPTY_STATIC_CACHE.reset(token)
+
+
 def build_attention_mask(
     config: Any,
     attention_mask: torch.Tensor | None,
@@ -176,10 +196,13 @@ def build_attention_mask(
     kv_length, kv_offset = cache.get_mask_sizes(q_len, 0) if cache is not None else (q_len, 0)
     static = cache is not None and cache.is_compileable
     options = _alibi_options(config, device)
-    if attention_mask is None and static and config.attention_window is None and kv_offset == 0 and not tracing(device):
+    empty = static and _EMPTY_STATIC_CACHE.get()
+    if attention_mask is None and static and config.attention_window is None and kv_offset == 0 and (
+            empty or not tracing(device)):
         # An unpadded prompt into a full-size static cache (prefill, eager steps): read the length once, then
         # attend to the filled slots only (the layers slice the cache), like a dynamic cache.
-        past_length, kv_length, static = int(past_length), int(past_length) + q_len, False
+        past_length = 0 if empty else int(past_length)
+        kv_length, static = past_length + q_len, False
     if attention_mask is None and not static:
         segments = _documents(position_ids.to(device), batch) if position_ids is not None and past_length == 0 else None
         if segments is not None:

@@ -121,6 +121,61 @@ def test_second_call_reuses_the_decoder_and_matches():
     assert not decoding._DECODERS
 
 
+def test_prompt_into_an_empty_static_cache_needs_no_length_read():
+    """Under `empty_static_cache()` (the graph decoder's one-chunk prompt, which it captures as a CUDA graph) an
+    unpadded prompt takes the unpadded path without reading the cache's length, a sync a capture forbids."""
+    from transformers import StaticCache
+
+    from modeling_alibi.alibi_mask import build_attention_mask, empty_static_cache
+
+    class NoRead:
+        def __int__(self):
+            raise AssertionError("the cache length was read from the device")
+
+    model = tiny_model(4, "sdpa")
+    cache = StaticCache(config=model.config, max_cache_len=32)
+    hidden = torch.zeros(2, 5, model.config.hidden_size)
+    expected = build_attention_mask(model.config, None, cache, hidden)  # a fresh cache: the length 0 is an int
+    cache.get_seq_length = lambda *args: NoRead()
+    with pytest.raises(AssertionError, match="was read"):
+        build_attention_mask(model.config, None, cache, hidden)
+    with empty_static_cache():
+        actual = build_attention_mask(model.config, None, cache, hidden)
+    assert actual.key_padding is None and actual.offset == 0 == expected.offset
+    assert torch.equal(actual.query_positions, expected.query_positions)
+    assert torch.equal(actual.key_positions, expected.key_positions) and actual.key_positions.shape == (2, 5)
+
+
+@pytest.mark.gpu
+def test_gpu_repeated_prompt_shape_is_captured_and_equals_transformers_loop():
+    """A prompt shape's second call captures the prompt as a CUDA graph and later calls replay it with new
+    tokens: every call gives transformers' tokens. Padded prompts and prompts over one chunk stay eager."""
+    from modeling_alibi import alibi_decoding as decoding
+
+    model = tiny_model(4, "sdpa").to("cuda", torch.bfloat16).eval()
+    torch.manual_seed(0)
+    calls = [torch.randint(3, 99, (2, 24), device="cuda") for _ in range(4)]
+    for i, ids in enumerate(calls):
+        got = graph_generate(model, ids, 20, prefill_chunk_size=64, max_cache_len=64)  # one decoder throughout
+        decoder = decoding._DECODERS[id(model)]
+        assert (decoder.prefill is not None) == (i >= 1), i  # eager, then captured, then replayed
+        if i == 1:
+            captured = decoder.prefill
+        assert i < 2 or decoder.prefill is captured
+        assert torch.equal(got, transformers_loop(model, ids, max_new_tokens=20, min_new_tokens=20, **GREEDY))
+    mask = torch.ones_like(calls[0])
+    mask[1, :5] = 0  # the captured shape, padded: eager
+    got = graph_generate(model, calls[0], 20, attention_mask=mask, prefill_chunk_size=64, max_cache_len=64)
+    expected = transformers_loop(model, calls[0], attention_mask=mask, max_new_tokens=20, min_new_tokens=20, **GREEDY)
+    assert torch.equal(got, expected) and decoding._DECODERS[id(model)].prefill is captured
+    long_prompt = torch.randint(3, 99, (2, 40), device="cuda")  # 80 tokens over a chunk of 64: eager
+    for _ in range(2):
+        got = graph_generate(model, long_prompt, 8, prefill_chunk_size=64, max_cache_len=64)
+    assert decoding._DECODERS[id(model)].prefill is captured
+    assert torch.equal(got, transformers_loop(model, long_prompt, max_new_tokens=8, min_new_tokens=8, **GREEDY))
+    decoding.release_decoders()
+
+
 def test_new_weights_get_a_new_decoder():
     """A kept graph reads the parameters it captured: after model.half() (new storage) the decoder is rebuilt."""
     from modeling_alibi import alibi_decoding as decoding
