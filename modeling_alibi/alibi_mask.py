@@ -196,7 +196,8 @@ def build_attention_mask(
     kv_length, kv_offset = cache.get_mask_sizes(q_len, 0) if cache is not None else (q_len, 0)
     static = cache is not None and cache.is_compileable
     options = _alibi_options(config, device)
-    empty = static and _EMPTY_STATIC_CACHE.get()
+    # Never inside torch.compile: dynamo cannot trace ContextVar.get (a graph break), and compiled steps need no hint.
+    empty = static and not torch.compiler.is_compiling() and _EMPTY_STATIC_CACHE.get()
     if attention_mask is None and static and config.attention_window is None and kv_offset == 0 and (
             empty or not tracing(device)):
         # An unpadded prompt into a full-size static cache (prefill, eager steps): read the length once, then
