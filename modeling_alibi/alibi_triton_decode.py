@@ -11,7 +11,7 @@ Algorithm: flash-decoding.
     for all (up to 16) queries at once, and writes an unnormalized partial output, its running max and sum.
     Every tile is read, masked keys included: a branch to skip them would stop the loads of later tiles from
     being issued early, which is what keeps the memory busy at batch 1. Only real query rows are written.
-  * Pass 2: one program per (b, h, query) merges the splits, a block of splits per load:
+  * Pass 2: one program per (b, h, query) merges the splits, online over blocks of splits (one load each):
     out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 Positions come from the caller per query and per key (cumulative-mask positions), so left padding, static
 caches and sliding-window caches all work: score(i, j) = scale * q_i.k_j - m_h * (pos_i - pos_j), allowed where
@@ -56,7 +56,7 @@ PROGRAMS_PER_SM = 2
 BLOCK_N = 64
 NUM_STAGES = 3
 NUM_WARPS = 4
-MERGE_SPLITS = 32
+MERGE_SPLITS = 64
 
 
 @triton.jit
@@ -133,32 +133,38 @@ def _merge_kernel(
     splits = tl.arange(0, MERGE_SPLITS)
     dims = tl.arange(0, HEAD_DIM)
     first = row * num_splits * BLOCK_Q + query  # split 0's row of this query in the partial buffers
-    m = tl.full([MERGE_SPLITS], float("-inf"), dtype=tl.float32)
-    for block in range(0, num_splits, MERGE_SPLITS):
-        rows = first + (block + splits) * BLOCK_Q
-        m = tl.maximum(m, tl.load(PartMax + rows, mask=block + splits < num_splits, other=float("-inf")))
-    m_max = tl.max(m, 0)
-    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
-    total = tl.zeros([MERGE_SPLITS], dtype=tl.float32)
-    acc = tl.zeros([MERGE_SPLITS, HEAD_DIM], dtype=tl.float32)
+    # Online over blocks of splits, as pass 1 is over tiles: a block's maxima, sums and outputs are loaded at once,
+    # so up to MERGE_SPLITS splits cost one round trip to memory.
+    m_run = tl.full([1], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([1], dtype=tl.float32)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
     for block in range(0, num_splits, MERGE_SPLITS):
         ok = block + splits < num_splits
         rows = first + (block + splits) * BLOCK_Q
-        weight = tl.exp2((tl.load(PartMax + rows, mask=ok, other=float("-inf")) - m_safe) * _LOG2E)  # 0: saw nothing
-        total += tl.load(PartSum + rows, mask=ok, other=0.0) * weight
+        m = tl.load(PartMax + rows, mask=ok, other=float("-inf"))  # (MERGE_SPLITS,)
+        sums = tl.load(PartSum + rows, mask=ok, other=0.0)
         part = tl.load(PartOut + rows[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
-        acc += part * weight[:, None]  # (MERGE_SPLITS, HEAD_DIM)
-    denominator = tl.sum(total, 0)
-    out = tl.sum(acc, 0) / tl.where(denominator > 0, denominator, 1.0)  # (HEAD_DIM,); no visible key: zeros
+        m_new = tl.maximum(m_run, tl.max(m, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet: every weight below is 0
+        alpha = tl.exp2((m_run - m_safe) * _LOG2E)
+        weight = tl.exp2((m - m_safe) * _LOG2E)  # (MERGE_SPLITS,); 0 for a split that saw nothing
+        total = total * alpha + tl.sum(sums * weight, 0)
+        acc = acc * alpha + tl.sum(part * weight[:, None], 0)  # (HEAD_DIM,)
+        m_run = m_new
+    out = acc / tl.where(total > 0, total, 1.0)  # (HEAD_DIM,); no visible key: zeros
     tl.store(Out + b * stride_ob + h * stride_oh + query * stride_om + dims * stride_od, out.to(Out.dtype.element_ty))
 
 
 def _num_splits(rows: int, k_len: int, block_n: int, device: torch.device) -> tuple[int, int]:
-    """(splits, keys per split): about PROGRAMS_PER_SM programs per SM over all (b, h) rows, whole tiles each."""
+    """(splits, keys per split): at least PROGRAMS_PER_SM programs per SM over all (b, h) rows, whole tiles each.
+
+    The tiles per split are rounded down, not up: a cache just over the target's tile count (2,176 keys are 34
+    tiles, against 33 splits for 8 rows on 132 SMs) then keeps one tile per split, where rounding up gave two
+    tiles to each of 17 splits and left half the SMs idle. So there are up to twice the target's programs."""
     sms = 4 if _interpreting() else _multiprocessors(device.index if device.index is not None else 0)
     tiles = triton.cdiv(k_len, block_n)
-    splits = max(1, min(tiles, triton.cdiv(PROGRAMS_PER_SM * sms, rows)))
-    keys_per_split = triton.cdiv(tiles, splits) * block_n
+    target = triton.cdiv(PROGRAMS_PER_SM * sms, rows)
+    keys_per_split = max(1, tiles // target) * block_n
     return triton.cdiv(k_len, keys_per_split), keys_per_split
 
 

@@ -91,9 +91,9 @@ CASES = {
     "fp16-d32": Case(batch=2, heads=2, q_len=4, slots=100, empty=20, left_padding=10, head_dim=32,
                      dtype=torch.float16),
     # More splits than the merge reads per load (MERGE_SPLITS): the one-query kernel and the tl.dot kernel.
-    "one-query-more-splits-than-a-merge-block": Case(batch=1, heads=2, q_len=1, slots=700, empty=30,
+    "one-query-more-splits-than-a-merge-block": Case(batch=1, heads=2, q_len=1, slots=1300, empty=30,
                                                      programs_per_sm=64),
-    "three-queries-more-splits-than-a-merge-block": Case(batch=2, heads=2, q_len=3, slots=640, empty=5,
+    "three-queries-more-splits-than-a-merge-block": Case(batch=2, heads=2, q_len=3, slots=1240, empty=5,
                                                          left_padding=70, programs_per_sm=64),
     "one-query-window-and-max-distance": Case(batch=2, heads=3, q_len=1, slots=90, empty=7, left_padding=5,
                                               window=20, max_distance=[3.5, 50.0, float("inf")]),
@@ -165,6 +165,23 @@ def test_the_cases_reach_several_splits_and_empty_rows(monkeypatch):
         assert splits > decode.MERGE_SPLITS, name
     inputs = CASES["a-row-that-sees-nothing"].inputs()
     assert inputs["key_padding"][1].all()
+
+
+@pytest.mark.parametrize("k_len", [2048, 2176, 2304, 65_672])
+def test_splits_give_every_sm_its_programs(monkeypatch, k_len):
+    """8 rows on 132 SMs at 2 programs per SM: at least 33 splits of whole tiles that cover the keys once, also
+    just over a multiple of 33 tiles (2,176 keys: 34 tiles), where rounding the tiles per split up gave 17."""
+    pytest.importorskip("triton")
+    import modeling_alibi.alibi_triton_decode as decode
+
+    monkeypatch.setattr(decode, "_interpreting", lambda: False)
+    monkeypatch.setattr(decode, "_multiprocessors", lambda index: 132)
+    monkeypatch.setattr(decode, "PROGRAMS_PER_SM", 2)
+    splits, keys_per_split = decode._num_splits(8, k_len, 64, torch.device("cuda"))
+    assert keys_per_split % 64 == 0 and (splits - 1) * keys_per_split < k_len <= splits * keys_per_split
+    assert min(33, -(-k_len // 64)) <= splits < 66  # 2,048 keys are 32 tiles: one each
+    if k_len == 2176:
+        assert (splits, keys_per_split) == (34, 64)
 
 
 def test_rejects_long_queries():
