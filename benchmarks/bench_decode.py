@@ -96,38 +96,43 @@ def generate_rate(bench: Bench, model, warm_new: int, **kwargs) -> dict:
 
 def plain_rate(bench: Bench, model: AlibiForCausalLM) -> dict:
     """`model.generate(ids, max_new_tokens=n)` and nothing else, as a user writes it: on CUDA generate() sends it
-    to graph_generate. The first call (compile, capture) is timed apart, as `first_call_s`."""
+    to graph_generate. See `repeated_calls` for which calls are timed."""
     s = bench.S
     prompt = bench.ids(s["decode_prompt"])
-    times = []
     with torch.no_grad():
-        for _ in range(2):
-            bench.sync()
-            t0 = time.perf_counter()
-            out = model.generate(prompt, max_new_tokens=s["decode_new"])
-            bench.sync()
-            times.append(time.perf_counter() - t0)
+        out, times = repeated_calls(bench, lambda: model.generate(prompt, max_new_tokens=s["decode_new"]))
     new = out.shape[1] - s["decode_prompt"]  # fewer than decode_new only if the end token came first
-    return dict(tok_s=round(new / times[1], 1), generate_s=round(times[1], 3), first_call_s=round(times[0], 2),
-                new_tokens=new, compiled=bench.cuda)
+    return dict(tok_s=round(new / statistics.median(times[2:]), 1), new_tokens=new, compiled=bench.cuda,
+                **call_times(times))
 
 
 def graph_rate(bench: Bench, model: AlibiForCausalLM) -> dict:
     """`graph_generate` (static cache, compiled step, one CUDA graph per token): the whole call, as above."""
     s = bench.S
     prompt = bench.ids(s["decode_prompt"])
-    bench.sync()
-    t0 = time.perf_counter()
-    graph_generate(model, prompt, s["decode_new"])  # compiles the step
-    bench.sync()
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = graph_generate(model, prompt, s["decode_new"])
-    bench.sync()
-    dt = time.perf_counter() - t0
+    out, times = repeated_calls(bench, lambda: graph_generate(model, prompt, s["decode_new"]))
     assert out.shape[1] == s["decode_prompt"] + s["decode_new"], out.shape
-    return dict(tok_s=round(s["decode_new"] / dt, 1), generate_s=round(dt, 3), first_call_s=round(first, 2),
-                compiled=bench.cuda)
+    return dict(tok_s=round(s["decode_new"] / statistics.median(times[2:]), 1), compiled=bench.cuda,
+                **call_times(times))
+
+
+def repeated_calls(bench: Bench, call, calls: int = 5) -> tuple[torch.Tensor, list[float]]:
+    """The last output and the wall seconds of each of `calls` calls with one prompt. On CUDA the first compiles
+    the step and captures it, the second captures the prompt (a shape's second call does), and the rest replay
+    both: the rate is the median of those."""
+    times = []
+    for _ in range(calls):
+        bench.sync()
+        t0 = time.perf_counter()
+        out = call()
+        bench.sync()
+        times.append(time.perf_counter() - t0)
+    return out, times
+
+
+def call_times(times: list[float]) -> dict:
+    return dict(generate_s=round(statistics.median(times[2:]), 3), first_call_s=round(times[0], 2),
+                second_call_s=round(times[1], 3))
 
 
 def long_decode(bench: Bench, model: AlibiForCausalLM, static: bool) -> dict:
