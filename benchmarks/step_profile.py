@@ -12,7 +12,8 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward).
   prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
-           the host operators with the most CPU time of their own.
+           the host operators with the most CPU time of their own. Timed after three calls, so the prompt
+           replays the CUDA graph its shape's second call captured (alibi_decoding._Decoder.start).
 
 Prints each row (and its top kernels) as it is measured and writes DIR/step_profile.json after each part. On
 the GPU machine:
@@ -246,8 +247,8 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
 
 
 def prefill_part(result: dict) -> None:
-    """A 1-token `graph_generate` call after a 2,048-token prompt (the decoder kept from a first call): wall ms,
-    GPU-busy ms, the top kernels and the top host operators by their own CPU time."""
+    """A 1-token `graph_generate` call after a 2,048-token prompt (the decoder and the captured prompt kept from
+    the first calls): wall ms, GPU-busy ms, the top kernels and the top host operators by their own CPU time."""
     model = build().eval()
     ids = torch.randint(3, 32000, (1, 2048), device="cuda")
 

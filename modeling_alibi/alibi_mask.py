@@ -200,8 +200,8 @@ def build_attention_mask(
     empty = static and not torch.compiler.is_compiling() and _EMPTY_STATIC_CACHE.get()
     if attention_mask is None and static and config.attention_window is None and kv_offset == 0 and (
             empty or not tracing(device)):
-        # An unpadded prompt into a full-size static cache (prefill, eager steps): read the length once, then
-        # attend to the filled slots only (the layers slice the cache), like a dynamic cache.
+        # An unpadded prompt into a full-size static cache (prefill, eager steps): read the length once (or know it
+        # is 0), then attend to the filled slots only (the layers slice the cache), like a dynamic cache.
         past_length = 0 if empty else int(past_length)
         kv_length, static = past_length + q_len, False
     if attention_mask is None and not static:

@@ -156,7 +156,8 @@ def _merge_kernel(
 
 
 def _num_splits(rows: int, k_len: int, block_n: int, device: torch.device) -> tuple[int, int]:
-    """(splits, keys per split): at least PROGRAMS_PER_SM programs per SM over all (b, h) rows, whole tiles each.
+    """(splits, keys per split): PROGRAMS_PER_SM programs per SM or more over all (b, h) rows (fewer only when the
+    keys have fewer tiles), whole tiles each.
 
     The tiles per split are rounded down, not up: a cache just over the target's tile count (2,176 keys are 34
     tiles, against 33 splits for 8 rows on 132 SMs) then keeps one tile per split, where rounding up gave two
