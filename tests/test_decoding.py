@@ -146,6 +146,35 @@ def test_prompt_into_an_empty_static_cache_needs_no_length_read():
     assert torch.equal(actual.key_positions, expected.key_positions) and actual.key_positions.shape == (2, 5)
 
 
+def test_a_prompt_capture_that_fails_leaves_prompts_eager(monkeypatch, caplog):
+    """A backend that cannot be captured: the repeated shape's call logs it, prefills eagerly with the same
+    logits, and the decoder tries no further capture."""
+    from modeling_alibi import alibi_decoding as decoding
+
+    model = tiny_model(4, "sdpa")
+    input_ids = torch.randint(3, 99, (1, 6))
+    graph_generate(model, input_ids, 4, max_cache_len=16)
+    decoder = decoding._DECODERS[id(model)]
+    expected = decoder.start(input_ids, None, 64).clone()
+    attempts = []
+
+    def fail(*args, **kwargs):
+        attempts.append(args)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(decoding, "_captured", fail)
+    decoder.last_prompt = None
+    assert_close(decoder.start(input_ids, None, 64, graph=True), expected)  # a shape's first call: eager
+    assert not attempts
+    with caplog.at_level("WARNING"):
+        assert_close(decoder.start(input_ids, None, 64, graph=True), expected)  # its second: capture, failed
+    assert len(attempts) == 1 and "could not be captured" in caplog.text
+    assert decoder.prefill is None and not decoder.capture_prompts
+    decoder.start(input_ids, None, 64, graph=True)
+    assert len(attempts) == 1  # no second try
+    decoding.release_decoders()
+
+
 @pytest.mark.gpu
 def test_gpu_repeated_prompt_shape_is_captured_and_equals_transformers_loop():
     """A prompt shape's second call captures the prompt as a CUDA graph and later calls replay it with new
