@@ -102,8 +102,7 @@ def plain_rate(bench: Bench, model: AlibiForCausalLM) -> dict:
     with torch.no_grad():
         out, times = repeated_calls(bench, lambda: model.generate(prompt, max_new_tokens=s["decode_new"]))
     new = out.shape[1] - s["decode_prompt"]  # fewer than decode_new only if the end token came first
-    return dict(tok_s=round(new / statistics.median(times[2:]), 1), new_tokens=new, compiled=bench.cuda,
-                **call_times(times))
+    return dict(new_tokens=new, compiled=bench.cuda, **call_times(times, new))
 
 
 def graph_rate(bench: Bench, model: AlibiForCausalLM) -> dict:
@@ -112,8 +111,7 @@ def graph_rate(bench: Bench, model: AlibiForCausalLM) -> dict:
     prompt = bench.ids(s["decode_prompt"])
     out, times = repeated_calls(bench, lambda: graph_generate(model, prompt, s["decode_new"]))
     assert out.shape[1] == s["decode_prompt"] + s["decode_new"], out.shape
-    return dict(tok_s=round(s["decode_new"] / statistics.median(times[2:]), 1), compiled=bench.cuda,
-                **call_times(times))
+    return dict(compiled=bench.cuda, **call_times(times, s["decode_new"]))
 
 
 def repeated_calls(bench: Bench, call, calls: int = 5) -> tuple[torch.Tensor, list[float]]:
@@ -130,8 +128,10 @@ def repeated_calls(bench: Bench, call, calls: int = 5) -> tuple[torch.Tensor, li
     return out, times
 
 
-def call_times(times: list[float]) -> dict:
-    return dict(generate_s=round(statistics.median(times[2:]), 3), first_call_s=round(times[0], 2),
+def call_times(times: list[float], new_tokens: int) -> dict:
+    """`repeated_calls`' times as a row: the rate and seconds of the median replayed call, and the first two."""
+    median = statistics.median(times[2:])
+    return dict(tok_s=round(new_tokens / median, 1), generate_s=round(median, 3), first_call_s=round(times[0], 2),
                 second_call_s=round(times[1], 3))
 
 
