@@ -78,6 +78,27 @@ def test_compiled_step_equals_eager_step(batch):
     assert torch.equal(compiled, eager)
 
 
+def test_a_freed_cache_keeps_the_compiled_step(monkeypatch):
+    """generate() frees a large cache after its call, and `release_decoders()` frees everything: the next call
+    builds a new decoder (and a new torch.compile wrapper) but reuses the compiled step instead of recompiling."""
+    from torch._dynamo.utils import counters
+
+    from modeling_alibi import alibi_decoding as decoding
+
+    monkeypatch.setattr(decoding, "KEEP_CACHE_BYTES", 0)  # every cache is large
+    model = tiny_model(4, "sdpa")
+    input_ids = torch.randint(3, 99, (2, 6))
+    call = dict(input_ids=input_ids, max_new_tokens=4, eos_token_id=None, pad_token_id=0, attention_mask=None,
+                prefill_chunk_size=64, max_cache_len=16, compile=True, cuda_graph=False)
+    first = decoding.graph_generate_for(model, call)
+    assert not decoding._DECODERS  # the cache was freed
+    compiled = counters["stats"]["unique_graphs"]
+    assert torch.equal(decoding.graph_generate_for(model, call), first)
+    decoding.release_decoders()
+    assert torch.equal(decoding.graph_generate_for(model, call), first)
+    assert counters["stats"]["unique_graphs"] == compiled  # neither call compiled again
+
+
 def test_bad_arguments_are_named():
     model = tiny_model(4, "sdpa")
     input_ids = torch.randint(3, 99, (1, 5))
@@ -202,6 +223,32 @@ def test_gpu_repeated_prompt_shape_is_captured_and_equals_transformers_loop():
         got = graph_generate(model, long_prompt, 8, prefill_chunk_size=64, max_cache_len=64)
     assert decoding._DECODERS[id(model)].prefill is captured
     assert torch.equal(got, transformers_loop(model, long_prompt, max_new_tokens=8, min_new_tokens=8, **GREEDY))
+    decoding.release_decoders()
+
+
+@pytest.mark.gpu
+def test_gpu_captured_prompt_on_cudnn_equals_transformers_loop(monkeypatch):
+    """A model cuDNN's fused ALiBi serves (bf16, head dim 64): the prompt runs on cuDNN when eager and when captured,
+    its replays call no Python, and every call gives transformers' tokens. A replay's logits are the eager fill's."""
+    from modeling_alibi import alibi_attention, alibi_cudnn
+    from modeling_alibi import alibi_decoding as decoding
+
+    if not alibi_cudnn._available():
+        pytest.skip("needs nvidia-cudnn-frontend (alibi-lm[cudnn])")
+    kernel, calls = alibi_attention.alibi_cudnn_attention, []
+    monkeypatch.setattr(alibi_attention, "alibi_cudnn_attention", lambda *args: calls.append(1) or kernel(*args))
+    model = tiny_model(4, "sdpa", hidden_size=256, intermediate_size=512).to("cuda", torch.bfloat16).eval()
+    torch.manual_seed(0)
+    prompts = [torch.randint(3, 99, (2, 48), device="cuda") for _ in range(3)]
+    for i, ids in enumerate(prompts):  # eager, then captured, then replayed
+        calls.clear()
+        got = graph_generate(model, ids, 12, prefill_chunk_size=128, max_cache_len=128)
+        assert (len(calls) > 0) == (i < 2), (i, len(calls))
+        assert (decoding._DECODERS[id(model)].prefill is not None) == (i >= 1), i
+        assert torch.equal(got, transformers_loop(model, ids, max_new_tokens=12, min_new_tokens=12, **GREEDY)), i
+    decoder = decoding._DECODERS[id(model)]
+    replayed = decoder.start(prompts[0], None, 128, graph=True).clone()
+    assert_close(replayed, decoder.fill(prompts[0], None, 128))
     decoding.release_decoders()
 
 
