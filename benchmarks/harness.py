@@ -183,9 +183,11 @@ class Bench:
         s, V = self.S, self.S["vocab"]
         yield "bloom", lambda: BloomForCausalLM(BloomConfig(
             vocab_size=V, hidden_size=s["d"], n_layer=s["layers"], n_head=s["heads"], attn_implementation="eager"))
+        # use_cache=True: MptConfig defaults to False (as MosaicML's checkpoints ship), and then generate() feeds the
+        # whole sequence again at every step. BLOOM caches by default; both peers decode with their KV cache.
         yield "mpt", lambda: MptForCausalLM(MptConfig(
             vocab_size=V, d_model=s["d"], n_layers=s["layers"], n_heads=s["heads"], expansion_ratio=s["ffn"] // s["d"],
-            max_seq_len=1 << 20, attn_implementation="eager"))
+            max_seq_len=1 << 20, use_cache=True, attn_implementation="eager"))
 
     def build(self, make) -> torch.nn.Module:
         torch.manual_seed(0)

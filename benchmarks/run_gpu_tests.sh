@@ -11,4 +11,10 @@ fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
   torch.cuda.get_device_name())"
-python3 -m pytest -p no:cacheprovider -m "gpu or not slow" "$@"
+# The notebook test needs nbformat and nbclient (the dev extra), which the GPU image lacks: skip that file there.
+ignore=()
+if ! python3 -c "import nbformat, nbclient" 2>/dev/null; then
+  echo "nbformat/nbclient not installed: not collecting tests/test_notebook.py"
+  ignore=(--ignore=tests/test_notebook.py)
+fi
+python3 -m pytest -p no:cacheprovider -m "gpu or not slow" "${ignore[@]}" "$@"

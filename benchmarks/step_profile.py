@@ -10,7 +10,8 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
   graph    `graph_generate` at 2,048 and 65,536 tokens of context, for each inductor setting in GRAPH_VARIANTS:
            compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
-  train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward).
+  train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward); other
+           inductor settings from TRAIN_VARIANTS with --train-variants.
   prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
            the host operators with the most CPU time of their own. Timed after three calls, so the prompt
            replays the CUDA graph its shape's second call captured (alibi_decoding._Decoder.start).
@@ -19,7 +20,7 @@ Prints each row (and its top kernels) as it is measured and writes DIR/step_prof
 the GPU machine:
 
     HF_HUB_OFFLINE=1 python3 benchmarks/step_profile.py [--parts train,decode,graph] [--variants default,...] \\
-        [--out DIR]
+        [--train-variants eager,compiled,...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -87,17 +88,31 @@ def print_top(kernels: list) -> None:
         print(f"    {k['ms']:8.3f} ms  x{k['calls']:<4} {k['name']}")
 
 
-def train_part(result: dict) -> None:
+# label: torch.compile's inductor options, or None for no compile. {"triton.cudagraphs": True} is what
+# mode="reduce-overhead" sets (torch.compile takes a mode or options, not both).
+TRAIN_VARIANTS = {
+    "eager": None,
+    "compiled": {},
+    "compiled reduce-overhead": {"triton.cudagraphs": True},
+    # Programmatic dependent launch: each Triton kernel may start while the one before it finishes.
+    "compiled pdl": {"triton.enable_pdl": True},
+    "compiled reduce-overhead pdl": {"triton.cudagraphs": True, "triton.enable_pdl": True},
+    # Inductor's Triton matmul templates autotuned against cuBLAS for each shape (compiles for minutes).
+    "compiled max-autotune-no-cudagraphs": {"max_autotune": True, "coordinate_descent_tuning": True},
+}
+
+
+def train_part(result: dict, variants: list[str]) -> None:
     x = torch.randint(3, 32000, (16, 512), device="cuda")
-    modes = {"eager": None, "compiled": "default", "compiled reduce-overhead": "reduce-overhead"}
-    for label, mode in modes.items():
-        train_row(result, x, label, mode)  # the model and its optimizer are freed on return
+    for label in variants:
+        torch._dynamo.reset()
+        train_row(result, x, label, TRAIN_VARIANTS[label])  # the model and its optimizer are freed on return
         torch.cuda.empty_cache()
 
 
-def train_row(result: dict, x: torch.Tensor, label: str, mode: str | None) -> None:
+def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None) -> None:
     model = build().train()
-    run = torch.compile(model, mode=mode) if mode else model
+    run = torch.compile(model, options=options) if options is not None else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step():
@@ -111,7 +126,7 @@ def train_row(result: dict, x: torch.Tensor, label: str, mode: str | None) -> No
         row.update(graphs=explained.graph_count, graph_breaks=explained.graph_break_count,
                    break_reasons=[str(r.reason)[:200] for r in explained.break_reasons][:8])
         torch._dynamo.reset()
-        run = torch.compile(model)
+        run = torch.compile(model, options=options)
     try:
         for _ in range(3):
             step()
@@ -190,6 +205,8 @@ GRAPH_VARIANTS = {
     # The shipped setting: combo kernels, and each linear layer one reduction kernel with its epilogue fused.
     "combo+rows": (COMBO, True),
     "combo+rows+coordinate descent": ({**COMBO, "coordinate_descent_tuning": True}, True),
+    # Programmatic dependent launch: each inductor kernel may start while the one before it finishes.
+    "combo+rows+pdl": ({**COMBO, "triton.enable_pdl": True}, True),
 }
 
 
@@ -275,6 +292,8 @@ def main() -> None:
     parser.add_argument("--parts", default="train,decode")
     parser.add_argument("--out", default=os.environ.get("OUT", "outputs"))
     parser.add_argument("--variants", default="default", help=f"graph part: any of {','.join(GRAPH_VARIANTS)}")
+    parser.add_argument("--train-variants", default="eager,compiled,compiled reduce-overhead",
+                        help=f"train part: any of {','.join(TRAIN_VARIANTS)}")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("step_profile.py needs a CUDA GPU.")
@@ -284,8 +303,10 @@ def main() -> None:
     for part in args.parts.split(","):
         if part == "graph":
             graph_part(result, args.variants.split(","))
+        elif part == "train":
+            train_part(result, args.train_variants.split(","))
         else:
-            {"train": train_part, "decode": decode_part, "prefill": prefill_part}[part](result)
+            {"decode": decode_part, "prefill": prefill_part}[part](result)
         with open(os.path.join(args.out, "step_profile.json"), "w") as f:  # after each part: a cut-off run keeps it
             json.dump(result, f, indent=1)
 
