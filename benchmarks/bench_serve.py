@@ -41,7 +41,7 @@ def run(bench: Bench) -> None:
     del model
     for name, make in bench.peers():
         model = bench.build(make)
-        # One call: the peers compile nothing, and MPT's call is minutes long.
+        # One call: the peers compile nothing.
         part["rows"].append(dict(model=name, **bench.case(f"serve {name}", batched_rate, bench, model, shape, calls=1)))
         del model
         bench.save()

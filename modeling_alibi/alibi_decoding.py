@@ -390,9 +390,9 @@ _BACKENDS: dict[tuple, Any] = {}
 def _inductor(options: dict, row_matmuls: bool):
     """torch.compile's inductor backend with `options`, and with _row_matmul when `row_matmuls`: one object per
     setting. Dynamo reuses a compiled frame only for the backend object that compiled it, so a new closure per
-    torch.compile wrapper recompiled the step whenever the wrapper was rebuilt: after every generate() call whose
-    cache was freed: 2.7 s per call for a batch of 32 prompts of 2,048 tokens on an H200
-    (tests/test_decoding.py::test_a_freed_cache_keeps_the_compiled_step)."""
+    torch.compile wrapper recompiled the step whenever the wrapper was rebuilt, as after every generate() call
+    whose cache was freed (2.7 s per call for a batch of 32 prompts of 2,048 tokens on an H200;
+    tests/test_decoding.py::test_a_freed_cache_keeps_the_compiled_step)."""
     key = (tuple(sorted(options.items())), row_matmuls)
     if key not in _BACKENDS:
         from torch._inductor.compile_fx import compile_fx
