@@ -141,20 +141,34 @@ def test_torch_compile_from_yaml(tmp_path: Path):
     assert parse_args(["--config", str(preset), "--torch_compile"]).torch_compile is True  # the flag wins
 
 
-@pytest.mark.parametrize(("setting", "device", "expected"), [
-    (None, "cpu", False), (None, "mps", False), (None, "cuda", True),
-    (True, "cpu", True), (True, "cuda", True), (False, "cpu", False), (False, "cuda", False),
+@pytest.mark.parametrize(("setting", "mode", "device", "expected"), [
+    (None, None, "cpu", None), (None, None, "mps", None), (None, None, "cuda", "default"),
+    (None, "reduce-overhead", "cuda", "reduce-overhead"), (None, "reduce-overhead", "cpu", "reduce-overhead"),
+    (True, None, "cpu", "default"), (True, "max-autotune", "cpu", "max-autotune"), (True, None, "cuda", "default"),
+    (False, None, "cpu", None), (False, None, "cuda", None),
 ])
-def test_training_step_compiles_on_cuda_unless_told(caplog, setting: bool | None, device: str, expected: bool):
+def test_training_step_compiles_on_cuda_unless_told(caplog, setting: bool | None, mode: str | None, device: str,
+                                                    expected: str | None):
     """The decision needs only the device's type, so a CUDA device object stands in for a GPU."""
     PartialState(cpu=True)  # Accelerate's logger refuses to log before a state exists
     caplog.set_level(logging.INFO, logger=loop.__name__)
-    args = TrainArguments(train_files=["a.txt"], torch_compile=setting)
-    assert loop.compile_training_step(args, torch.device(device)) is expected
+    args = TrainArguments(train_files=["a.txt"], torch_compile=setting, torch_compile_mode=mode)
+    assert loop.training_step_mode(args, torch.device(device)) == expected
     (message,) = [record.getMessage() for record in caplog.records if record.name == loop.__name__]
-    path = "torch.compile" if expected else "eager, not compiled"
-    reason = f"--torch_compile {str(setting).lower()}" if setting is not None else f"the default on {device}"
+    path = f"torch.compile, mode {expected!r}" if expected else "eager, not compiled"
+    reason = (f"--torch_compile {str(setting).lower()}" if setting is not None else
+              f"--torch_compile_mode {mode}" if mode is not None else f"the default on {device}")
     assert f"Training step: {path} ({reason}" in message, message  # after Accelerate's "[RANK 0] "
+
+
+def test_torch_compile_mode_flag_is_checked():
+    assert parse_args(["--train_files", "a.txt"]).torch_compile_mode is None
+    assert parse_args(["--train_files", "a.txt", "--torch_compile_mode", "reduce-overhead"]).torch_compile_mode == \
+        "reduce-overhead"
+    with pytest.raises(SystemExit):  # argparse names the choices on stderr
+        parse_args(["--train_files", "a.txt", "--torch_compile_mode", "fast"])
+    with pytest.raises(ValueError, match="torch_compile_mode='reduce-overhead' needs a compiled step"):
+        parse_args(["--train_files", "a.txt", "--torch_compile", "false", "--torch_compile_mode", "reduce-overhead"])
 
 
 @pytest.mark.parametrize("preset", sorted((REPO / "configuration" / "train").glob("*.yaml")), ids=lambda p: p.stem)
@@ -226,7 +240,8 @@ def test_compiled_training_follows_the_eager_run(workdir: Path, caplog):
     messages = [record.getMessage() for record in caplog.records]
     paths = [message[message.index("Training step:"):] for message in messages if "Training step:" in message]
     assert paths == ["Training step: eager, not compiled (the default on cpu; --torch_compile true changes it).",
-                     "Training step: torch.compile (--torch_compile true)."]
+                     "Training step: torch.compile, mode 'default' (--torch_compile true; --torch_compile_mode "
+                     "changes the mode)."]
     expected, actual = final_weights(eager.parent), final_weights(compiled.parent)
     assert actual.keys() == expected.keys()  # no "_orig_mod." prefixes
     for name in expected:
@@ -235,6 +250,30 @@ def test_compiled_training_follows_the_eager_run(workdir: Path, caplog):
     assert losses.keys() == compiled_losses.keys()
     for step in losses:
         assert abs(losses[step] - compiled_losses[step]) < 1e-3, (step, losses[step], compiled_losses[step])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_gpu_cuda_graph_training_follows_the_default_compiled_run(workdir: Path, caplog, accumulation: int):
+    """--torch_compile_mode reduce-overhead trains as mode "default" does, step by step, through evaluation and
+    checkpoints between the replays: both run the same kernels (bf16 autocast, cuDNN's ALiBi where the frontend is
+    installed), so only cuDNN's nondeterministic backward sums separate them. Losses are read steps after the
+    replay that made them; at accumulation 2 the gradients of two replays add up."""
+    caplog.set_level(logging.INFO, logger=loop.__name__)
+    common = dict(dropout=0.0, mixed_precision="bf16", gradient_accumulation_steps=accumulation, max_steps=8,
+                  eval_every=4, save_every=4, log_every=4)
+    plain = train(run_args(workdir, f"default-{accumulation}", **common))
+    reset_accelerate()
+    graphed = train(run_args(workdir, f"graphs-{accumulation}", torch_compile_mode="reduce-overhead", **common))
+    messages = [record.getMessage() for record in caplog.records if "Training step:" in record.getMessage()]
+    assert "mode 'default'" in messages[0] and "mode 'reduce-overhead'" in messages[1], messages
+    expected, actual = metrics(plain.parent), metrics(graphed.parent)
+    assert sorted(actual) == [4, 8]
+    for step in expected:
+        assert abs(expected[step] - actual[step]) < 2e-3, (step, expected[step], actual[step])
+    weights = final_weights(plain.parent)
+    for name, tensor in final_weights(graphed.parent).items():
+        torch.testing.assert_close(tensor, weights[name], rtol=2e-2, atol=2e-3, msg=name)
 
 
 def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):

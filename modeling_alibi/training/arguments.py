@@ -85,6 +85,10 @@ class TrainArguments:
                 "attention mask). None (default): compiled on CUDA devices, not on CPU or MPS; "
                 "`--torch_compile true` / `--torch_compile false` forces it either way. The first steps compile; "
                 "evaluation and export use the plain model."})
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = field(default=None, metadata={
+        "help": "torch.compile's mode for the training step; as in transformers' TrainingArguments, giving one "
+                "compiles the step. None (default) is 'default'; 'reduce-overhead' replays forward and backward "
+                "as CUDA graphs."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     # Evaluation, logging, checkpoints
     eval_every: int = field(default=0, metadata={"help": "Validate every N steps and at the end; 0 = only at the end."})
@@ -117,6 +121,9 @@ class TrainArguments:
             raise ValueError("Give training text with train_files (local files) or dataset_name (Hub), exactly one.")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must lie in [0, 1).")
+        if self.torch_compile is False and self.torch_compile_mode is not None:
+            raise ValueError(f"torch_compile_mode={self.torch_compile_mode!r} needs a compiled step, but torch_compile "
+                             "is false. Drop one of them.")
         if self.resume is not None and self.overwrite:
             raise ValueError("resume and overwrite contradict each other: resume continues the run in output_dir, "
                              "overwrite starts a new one. Pass one of them.")

@@ -237,17 +237,29 @@ def _log(accelerator: Accelerator, args: TrainArguments, metrics: dict[str, floa
             os.fsync(f.fileno())
 
 
-def compile_training_step(args: TrainArguments, device: torch.device) -> bool:
-    """Whether `train_loop` runs the training step through torch.compile: `args.torch_compile` when set, else only on
-    CUDA, where the compiled step trains faster (README "Training speed", docs/benchmarks.md). CPU runs (tests, the
-    demo) are short, so inductor's compile time would dominate them; MPS has no compiled-training test here."""
+def training_step_mode(args: TrainArguments, device: torch.device) -> str | None:
+    """torch.compile's mode for `train_loop`'s training step, or None for an eager step.
+
+    Compiled when `args.torch_compile` says so, else only on CUDA, where the compiled step trains faster (README
+    "Training speed", docs/benchmarks.md): CPU runs (tests, the demo) are short, so inductor's compile time would
+    dominate them, and MPS has no compiled-training test here. The mode is `args.torch_compile_mode` (which, as
+    in transformers' TrainingArguments, implies compiling), "default" when unset. "reduce-overhead" (CUDA graphs)
+    trained the bare model 1.33x faster on an H200 (docs/benchmarks.md), but this loop has not yet run it on a
+    GPU, so it is not the default.
+    """
     if args.torch_compile is not None:
         compiled, reason = args.torch_compile, f"--torch_compile {str(args.torch_compile).lower()}"
+    elif args.torch_compile_mode is not None:  # as in TrainingArguments, a mode implies compiling
+        compiled, reason = True, f"--torch_compile_mode {args.torch_compile_mode}"
     else:
         compiled = device.type == "cuda"
         reason = f"the default on {device.type}; --torch_compile {str(not compiled).lower()} changes it"
-    logger.info("Training step: %s (%s).", "torch.compile" if compiled else "eager, not compiled", reason)
-    return compiled
+    if not compiled:
+        logger.info("Training step: eager, not compiled (%s).", reason)
+        return None
+    mode = args.torch_compile_mode or "default"
+    logger.info("Training step: torch.compile, mode %r (%s; --torch_compile_mode changes the mode).", mode, reason)
+    return mode
 
 
 def train_loop(
@@ -267,22 +279,29 @@ def train_loop(
     model, optimizer = state.model, state.optimizer
     # Compiled for the training step only: the wrapper shares the parameters, and evaluation (another shape,
     # no grad) and export keep the plain module.
-    forward = torch.compile(model) if compile_training_step(args, accelerator.device) else model
+    mode = training_step_mode(args, accelerator.device)
+    forward = model if mode is None else torch.compile(model, mode=mode)
+    graphed = mode in ("reduce-overhead", "max-autotune") and accelerator.device.type == "cuda"
     # Resume position: step N has consumed N * k micro-batches (k = accumulation) of the seeded epoch order.
     epoch, skip = divmod(step * args.gradient_accumulation_steps, len(train_loader))
     meter = _Meter(_tokens_per_step(args, accelerator.num_processes), step, args.gradient_accumulation_steps)
     bar = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
+    first_micro_batch = True
     while step < max_steps:
         train_loader.set_epoch(epoch)
         for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
             with accelerator.accumulate(model):
+                if graphed and first_micro_batch:  # the graphs may reuse the memory of the last step's outputs
+                    torch.compiler.cudagraph_mark_step_begin()
                 loss = forward(**batch, use_cache=False).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()  # a no-op inside the accumulation window
                 optimizer.zero_grad(set_to_none=True)
-            meter.losses.append(loss.detach())
+            # A graph's next replay overwrites this step's loss, and the meter reads it only at the next log line.
+            meter.losses.append(loss.detach().clone() if graphed else loss.detach())
+            first_micro_batch = accelerator.sync_gradients
             if not accelerator.sync_gradients:
                 continue
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the schedule follows real updates
@@ -472,7 +491,6 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "claim_output_dir",
-    "compile_training_step",
     "evaluate",
     "export_model",
     "get_dataloaders",
@@ -483,5 +501,6 @@ __all__ = [
     "total_steps",
     "train",
     "train_loop",
+    "training_step_mode",
     "verify_export",
 ]
