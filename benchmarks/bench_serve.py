@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from bench_decode import repeated_calls
 from harness import AlibiForCausalLM, Bench, graph_generate, size
 
 BATCH, PROMPT, NEW = 32, 2048, 256
@@ -55,16 +56,11 @@ def batched_rate(bench: Bench, model: torch.nn.Module, shape: tuple[int, int, in
     compiles ours) is also reported."""
     batch, length, new = shape
     ids = bench.ids(length, batch)
-    times = []
     with torch.no_grad():
-        for _ in range(calls):
-            bench.sync()
-            t0 = time.perf_counter()
-            # No end token: every row generates `new` tokens, with no extra argument that would change our path.
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
-                                 pad_token_id=1, eos_token_id=None)
-            bench.sync()
-            times.append(time.perf_counter() - t0)
+        # No end token: every row generates `new` tokens, with no extra argument that would change our path.
+        out, times = repeated_calls(bench, lambda: model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new, pad_token_id=1,
+            eos_token_id=None), calls)
     generated = out.shape[1] - length
     return dict(tok_s=round(batch * generated / times[-1], 1), generate_s=round(times[-1], 2),
                 first_call_s=round(times[0], 2), new_tokens=generated, calls=calls)
