@@ -11,7 +11,9 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward); other
-           inductor settings from TRAIN_VARIANTS with --train-variants.
+           inductor settings from TRAIN_VARIANTS with --train-variants, and two experiments: fc1 with its bias
+           and ReLU in cuBLASLt's epilogue (`linear_relu`), and the whole step, optimizer included, captured as
+           one CUDA graph (`_capture_step`).
   prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
            the host operators with the most CPU time of their own. Timed after three calls, so the prompt
            replays the CUDA graph its shape's second call captured (alibi_decoding._Decoder.start).
@@ -99,7 +101,51 @@ TRAIN_VARIANTS = {
     "compiled reduce-overhead pdl": {"triton.cudagraphs": True, "triton.enable_pdl": True},
     # Inductor's Triton matmul templates autotuned against cuBLAS for each shape (compiles for minutes).
     "compiled max-autotune-no-cudagraphs": {"max_autotune": True, "coordinate_descent_tuning": True},
+    # Experiments (see EXPERIMENTS): fc1's bias and ReLU in cuBLASLt's epilogue; the whole step as one CUDA graph.
+    "compiled reduce-overhead relu-epilogue": {"triton.cudagraphs": True},
+    "whole-step graph": {},
+    "whole-step graph relu-epilogue": {},
 }
+# What the experiment labels change besides inductor's options.
+EXPERIMENTS = {
+    "compiled reduce-overhead relu-epilogue": dict(relu_epilogue=True),
+    "whole-step graph": dict(whole_step=True),
+    "whole-step graph relu-epilogue": dict(relu_epilogue=True, whole_step=True),
+}
+
+
+@torch.library.custom_op("step_profile::linear_relu", mutates_args=())
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(x @ weight.T + bias) in one cuBLASLt call (its RELU_BIAS epilogue). A custom op because inductor would
+    split it again, and `_addmm_activation` has no autograd formula."""
+    flat = x.reshape(-1, x.shape[-1])  # (tokens, d_in)
+    return torch._addmm_activation(bias, flat, weight.t()).view(*x.shape[:-1], weight.shape[0])
+
+
+@linear_relu.register_fake
+def _linear_relu_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def _linear_relu_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output)
+
+
+def _linear_relu_grad(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain ops, so inductor fuses the ReLU mask into the bias-gradient reduction."""
+    x, weight, output = ctx.saved_tensors
+    grad = torch.where(output > 0, grad, 0)  # (..., d_out)
+    flat = grad.reshape(-1, grad.shape[-1])  # (tokens, d_out)
+    return grad @ weight, flat.t() @ x.reshape(-1, x.shape[-1]), flat.sum(0)
+
+
+linear_relu.register_autograd(_linear_relu_grad, setup_context=_linear_relu_setup)
+
+
+def _mlp_relu_epilogue(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """AlibiMLP.forward for relu, bias and no dropout, with fc1 through `linear_relu`."""
+    return self.fc2(linear_relu(hidden_states, self.fc1.weight, self.fc1.bias))
 
 
 def train_part(result: dict, variants: list[str]) -> None:
@@ -111,9 +157,16 @@ def train_part(result: dict, variants: list[str]) -> None:
 
 
 def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None) -> None:
+    experiment = EXPERIMENTS.get(label, {})
     model = build().train()
+    if experiment.get("relu_epilogue"):
+        for layer in model.model.layers:
+            layer.mlp.forward = _mlp_relu_epilogue.__get__(layer.mlp)
     run = torch.compile(model, options=options) if options is not None else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    whole = experiment.get("whole_step", False)
+    # A captured optimizer step must keep its state on the GPU and read no host values (capturable=True).
+    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device="cuda") if whole else 1e-4, fused=True,
+                            capturable=whole)
 
     def step():
         run(input_ids=x, labels=x).loss.backward()
@@ -130,6 +183,8 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None) -
     try:
         for _ in range(3):
             step()
+        if whole:
+            step = _capture_step(run, opt, x)
     except Exception as error:  # noqa: BLE001 - a diagnostic: record the failure and go on
         result.setdefault("train", []).append(dict(model=label, error=repr(error)[:400]))
         print(f"train {label}: failed {error!r:.400}", flush=True)
@@ -144,6 +199,23 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None) -
     print(f"train {label}: {row['wall_ms']} ms wall, {row['gpu_ms']} ms GPU, {row['tok_s']} tok/s",
           {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
     print_top(row["top_kernels"])
+
+
+def _capture_step(run, opt: torch.optim.Optimizer, x: torch.Tensor):
+    """The forward, backward and optimizer step (after warm-up steps) captured as one CUDA graph: its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph's documentation does
+        for _ in range(2):
+            run(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # the gradients are allocated inside, from the graph's pool, and reused
+        run(input_ids=x, labels=x).loss.backward()
+        opt.step()
+    return graph.replay
 
 
 def decode_part(result: dict) -> None:
