@@ -22,10 +22,13 @@ from .alibi_triton_forward import (
     DQ_CONFIGS,
     LOG2E,
     TUNE_KEY,
+    _at_block,
+    _at_head,
     _bucket,
     _device_guard,
     _head_setup,
     _key_ranges,
+    _program,
 )
 
 
@@ -38,13 +41,10 @@ def _bwd_preprocess(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """delta_i = sum_d dO_id * O_id, the softmax-backward term shared by every key of row i."""
-    pid = tl.program_id(0)
-    bh = pid % batch_heads
-    start_m = pid // batch_heads * BLOCK_M
-    off_b = bh // num_heads
-    off_h = bh % num_heads
-    Out += off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh + start_m.to(tl.int64) * stride_om
-    DO += off_b.to(tl.int64) * stride_db + off_h.to(tl.int64) * stride_dh + start_m.to(tl.int64) * stride_dm
+    block, off_b, off_h, bh = _program(num_heads, batch_heads)
+    start_m = block * BLOCK_M
+    Out = _at_block(Out, off_b, off_h, start_m, stride_ob, stride_oh, stride_om)
+    DO = _at_block(DO, off_b, off_h, start_m, stride_db, stride_dh, stride_dm)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len - start_m
@@ -112,19 +112,16 @@ def _bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, HAS_SPAN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One program per (key block, batch*head); the first key blocks are seen by the most rows and go first.
-    pid = tl.program_id(0)
-    bh = pid % batch_heads
-    start_n = pid // batch_heads * BLOCK_N
-    off_b = bh // num_heads
-    off_h = bh % num_heads
+    block, off_b, off_h, bh = _program(num_heads, batch_heads)
+    start_n = block * BLOCK_N
     bias_slope, span = _head_setup(Slopes, Span, off_h, scale, HAS_SPAN)
 
-    Q += off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
-    DO += off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh
-    K += off_b.to(tl.int64) * stride_kb + off_h.to(tl.int64) * stride_kh + start_n.to(tl.int64) * stride_kn
-    V += off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh + start_n.to(tl.int64) * stride_vn
-    DK += off_b.to(tl.int64) * stride_dkb + off_h.to(tl.int64) * stride_dkh + start_n.to(tl.int64) * stride_dkn
-    DV += off_b.to(tl.int64) * stride_dvb + off_h.to(tl.int64) * stride_dvh + start_n.to(tl.int64) * stride_dvn
+    Q = _at_head(Q, off_b, off_h, stride_qb, stride_qh)
+    DO = _at_head(DO, off_b, off_h, stride_dob, stride_doh)
+    K = _at_block(K, off_b, off_h, start_n, stride_kb, stride_kh, stride_kn)
+    V = _at_block(V, off_b, off_h, start_n, stride_vb, stride_vh, stride_vn)
+    DK = _at_block(DK, off_b, off_h, start_n, stride_dkb, stride_dkh, stride_dkn)
+    DV = _at_block(DV, off_b, off_h, start_n, stride_dvb, stride_dvh, stride_dvn)
     Lse += bh.to(tl.int64) * q_len
     Delta += bh.to(tl.int64) * q_len
 
@@ -216,18 +213,15 @@ def _bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, HAS_SPAN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Same program layout and key ranges as the forward kernel.
-    pid = tl.program_id(0)
-    bh = pid % batch_heads
-    start_m = ((q_len + BLOCK_M - 1) // BLOCK_M - 1 - pid // batch_heads) * BLOCK_M
-    off_b = bh // num_heads
-    off_h = bh % num_heads
+    block, off_b, off_h, bh = _program(num_heads, batch_heads)
+    start_m = ((q_len + BLOCK_M - 1) // BLOCK_M - 1 - block) * BLOCK_M
     bias_slope, span = _head_setup(Slopes, Span, off_h, scale, HAS_SPAN)
 
-    Q += off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh + start_m.to(tl.int64) * stride_qm
-    DO += off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh + start_m.to(tl.int64) * stride_dom
-    DQ += off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh + start_m.to(tl.int64) * stride_dqm
-    K += off_b.to(tl.int64) * stride_kb + off_h.to(tl.int64) * stride_kh
-    V += off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
+    Q = _at_block(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qm)
+    DO = _at_block(DO, off_b, off_h, start_m, stride_dob, stride_doh, stride_dom)
+    DQ = _at_block(DQ, off_b, off_h, start_m, stride_dqb, stride_dqh, stride_dqm)
+    K = _at_head(K, off_b, off_h, stride_kb, stride_kh)
+    V = _at_head(V, off_b, off_h, stride_vb, stride_vh)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)

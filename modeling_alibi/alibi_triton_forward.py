@@ -107,6 +107,27 @@ def _key_ranges(start_m, q_len, k_len, offset, span, BLOCK_M: tl.constexpr, BLOC
 
 
 @triton.jit
+def _program(num_heads, batch_heads):
+    """(block number, batch, head, batch * head) of this program. The kernels run one program per (block, batch *
+    head), and consecutive programs take the same block for each head in turn."""
+    pid = tl.program_id(0)
+    bh = pid % batch_heads
+    return pid // batch_heads, bh // num_heads, bh % num_heads, bh
+
+
+@triton.jit
+def _at_head(ptr, off_b, off_h, stride_b, stride_h):
+    """`ptr` moved to (batch off_b, head off_h), in int64: batch * head * length * d overflows int32."""
+    return ptr + (off_b.to(tl.int64) * stride_b + off_h.to(tl.int64) * stride_h)
+
+
+@triton.jit
+def _at_block(ptr, off_b, off_h, start, stride_b, stride_h, stride_s):
+    """`_at_head`, and on to sequence position `start`."""
+    return ptr + (off_b.to(tl.int64) * stride_b + off_h.to(tl.int64) * stride_h + start.to(tl.int64) * stride_s)
+
+
+@triton.jit
 def _head_setup(Slopes, Span, off_h, scale, HAS_SPAN: tl.constexpr):
     """The head's slope in q.k units (m_h / scale) and its largest allowed distance."""
     bias_slope = tl.load(Slopes + off_h) / scale
@@ -177,20 +198,15 @@ def _fwd_kernel(
     Q_BUCKET, K_BUCKET,  # autotune keys only
     HEAD_DIM: tl.constexpr, HAS_SPAN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # One program per (query block, batch*head); consecutive programs share a query block across heads, and
-    # the last query blocks (the longest causal rows) go first.
-    pid = tl.program_id(0)
-    bh = pid % batch_heads
-    start_m = ((q_len + BLOCK_M - 1) // BLOCK_M - 1 - pid // batch_heads) * BLOCK_M
-    off_b = bh // num_heads
-    off_h = bh % num_heads
+    # One program per (query block, batch*head): the last query blocks (the longest causal rows) go first.
+    block, off_b, off_h, bh = _program(num_heads, batch_heads)
+    start_m = ((q_len + BLOCK_M - 1) // BLOCK_M - 1 - block) * BLOCK_M
     bias_slope, span = _head_setup(Slopes, Span, off_h, scale, HAS_SPAN)
 
-    # int64 base offsets: batch * head * length * d overflows int32 for long contexts.
-    Q += off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh + start_m.to(tl.int64) * stride_qm
-    K += off_b.to(tl.int64) * stride_kb + off_h.to(tl.int64) * stride_kh
-    V += off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
-    Out += off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh + start_m.to(tl.int64) * stride_om
+    Q = _at_block(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qm)
+    K = _at_head(K, off_b, off_h, stride_kb, stride_kh)
+    V = _at_head(V, off_b, off_h, stride_vb, stride_vh)
+    Out = _at_block(Out, off_b, off_h, start_m, stride_ob, stride_oh, stride_om)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
