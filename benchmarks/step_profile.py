@@ -11,9 +11,9 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward); other
-           inductor settings from TRAIN_VARIANTS with --train-variants, and two experiments: fc1 with its bias
-           and ReLU in cuBLASLt's epilogue (`linear_relu`), and the whole step, optimizer included, captured as
-           one CUDA graph (`_capture_step`).
+           inductor settings from TRAIN_VARIANTS with --train-variants, and three experiments: fc1 with its
+           bias and ReLU in cuBLASLt's epilogue (`linear_relu`), q, k and v in one GEMM (`_project_fused`), and
+           the whole step, optimizer included, captured as one CUDA graph (`_capture_step`).
   prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
            the host operators with the most CPU time of their own. Timed after three calls, so the prompt
            replays the CUDA graph its shape's second call captured (alibi_decoding._Decoder.start).
@@ -103,14 +103,18 @@ TRAIN_VARIANTS = {
     "compiled max-autotune-no-cudagraphs": {"max_autotune": True, "coordinate_descent_tuning": True},
     # Experiments (see EXPERIMENTS): fc1's bias and ReLU in cuBLASLt's epilogue; the whole step as one CUDA graph.
     "compiled reduce-overhead relu-epilogue": {"triton.cudagraphs": True},
+    "compiled reduce-overhead fused-qkv": {"triton.cudagraphs": True},
     "whole-step graph": {},
     "whole-step graph relu-epilogue": {},
+    "whole-step graph relu-epilogue fused-qkv": {},
 }
 # What the experiment labels change besides inductor's options.
 EXPERIMENTS = {
     "compiled reduce-overhead relu-epilogue": dict(relu_epilogue=True),
+    "compiled reduce-overhead fused-qkv": dict(fused_qkv=True),
     "whole-step graph": dict(whole_step=True),
     "whole-step graph relu-epilogue": dict(relu_epilogue=True, whole_step=True),
+    "whole-step graph relu-epilogue fused-qkv": dict(relu_epilogue=True, fused_qkv=True, whole_step=True),
 }
 
 
@@ -148,6 +152,15 @@ def _mlp_relu_epilogue(self, hidden_states: torch.Tensor) -> torch.Tensor:
     return self.fc2(linear_relu(hidden_states, self.fc1.weight, self.fc1.bias))
 
 
+def _project_fused(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """AlibiAttention._project (with biases) as one GEMM on weights stacked at every call (6 MB per layer;
+    the stack's backward splits the gradient). Its views have a stride of 3 * hidden, so cuDNN's op copies them."""
+    attention = (self.q_proj, self.k_proj, self.v_proj)
+    weight = torch.cat([proj.weight for proj in attention])  # (3 * hidden, hidden)
+    bias = torch.cat([proj.bias for proj in attention])  # (3 * hidden,)
+    return torch.nn.functional.linear(hidden_states, weight, bias).chunk(3, dim=-1)  # views of (b, q, 3 * hidden)
+
+
 def train_part(result: dict, variants: list[str]) -> None:
     x = torch.randint(3, 32000, (16, 512), device="cuda")
     for label in variants:
@@ -159,9 +172,11 @@ def train_part(result: dict, variants: list[str]) -> None:
 def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None) -> None:
     experiment = EXPERIMENTS.get(label, {})
     model = build().train()
-    if experiment.get("relu_epilogue"):
-        for layer in model.model.layers:
+    for layer in model.model.layers:
+        if experiment.get("relu_epilogue"):
             layer.mlp.forward = _mlp_relu_epilogue.__get__(layer.mlp)
+        if experiment.get("fused_qkv"):
+            layer.self_attn._project = _project_fused.__get__(layer.self_attn)
     run = torch.compile(model, options=options) if options is not None else model
     whole = experiment.get("whole_step", False)
     # A captured optimizer step must keep its state on the GPU and read no host values (capturable=True).
