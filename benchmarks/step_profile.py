@@ -13,7 +13,7 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward); other
            inductor settings from TRAIN_VARIANTS with --train-variants, and three experiments: fc1 with its
            bias and ReLU in cuBLASLt's epilogue (`linear_relu`), q, k and v in one GEMM (`_project_fused`), and
-           the whole step, optimizer included, captured as one CUDA graph (`_capture_step`).
+           the whole step, optimizer included, captured as one CUDA graph (`alibi_decoding._captured`).
   prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
            the host operators with the most CPU time of their own. Timed after three calls, so the prompt
            replays the CUDA graph its shape's second call captured (alibi_decoding._Decoder.start).
@@ -198,8 +198,8 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None) -
     try:
         for _ in range(3):
             step()
-        if whole:
-            step = _capture_step(run, opt, x)
+        if whole:  # two more steps on a side stream, then the step (zero_grad included) captured as one graph
+            step = decoding._captured(step)[0].replay
     except Exception as error:  # noqa: BLE001 - a diagnostic: record the failure and go on
         result.setdefault("train", []).append(dict(model=label, error=repr(error)[:400]))
         print(f"train {label}: failed {error!r:.400}", flush=True)
@@ -214,23 +214,6 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None) -
     print(f"train {label}: {row['wall_ms']} ms wall, {row['gpu_ms']} ms GPU, {row['tok_s']} tok/s",
           {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
     print_top(row["top_kernels"])
-
-
-def _capture_step(run, opt: torch.optim.Optimizer, x: torch.Tensor):
-    """The forward, backward and optimizer step (after warm-up steps) captured as one CUDA graph: its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph's documentation does
-        for _ in range(2):
-            run(input_ids=x, labels=x).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # the gradients are allocated inside, from the graph's pool, and reused
-        run(input_ids=x, labels=x).loss.backward()
-        opt.step()
-    return graph.replay
 
 
 def decode_part(result: dict) -> None:
