@@ -2,8 +2,8 @@
 
 Triton compiles for any target it knows on a machine with no GPU, so a refactor that should not change the code
 can be checked here before any GPU time: compile before and after, then compare. Each kernel is compiled for
-sm_90 (H100/H200) with the block sizes of its first autotune config (the decode kernels' fixed ones), at head dim
-64, with and without a per-head window (HAS_SPAN). The census drops `.loc`/`.file` lines, labels and comments, so
+sm_90 (H100/H200) with the block sizes of its first autotune config (the other kernels' launch settings), at head
+dim 64, with and without a per-head window (HAS_SPAN). The census drops `.loc`/`.file` lines, labels and comments, so
 moved source lines do not count; what is left is each opcode's count and the instruction total. The same counts
 mean the same work; the order and register numbers may still differ (compare the `--ptx` dumps for that).
 
@@ -52,10 +52,11 @@ def kernels() -> dict[str, tuple]:
         "fwd": _training(fwd._fwd_kernel, fwd.FWD_CONFIGS),
         "dkdv": _training(bwd._bwd_dkdv_kernel, fwd.DKDV_CONFIGS),
         "dq": _training(bwd._bwd_dq_kernel, fwd.DQ_CONFIGS),
-        "preprocess": (bwd._bwd_preprocess, dict(BLOCK_M=fwd.DQ_CONFIGS[0].kwargs["BLOCK_M"]), 4, 1),
+        # As launched; where a launch names no num_warps or num_stages, Triton's CUDA defaults (4 and 3).
+        "preprocess": (bwd._bwd_preprocess, dict(BLOCK_M=bwd.PREPROCESS_BLOCK_M), 4, 3),
         "decode_split": (dec._split_kernel, dict(BLOCK_Q=dec.MAX_QUERIES, BLOCK_N=dec.BLOCK_N), dec.NUM_WARPS,
                          dec.NUM_STAGES),
-        "decode_merge": (dec._merge_kernel, dict(BLOCK_Q=dec.MAX_QUERIES, MERGE_SPLITS=dec.MERGE_SPLITS), 4, 1),
+        "decode_merge": (dec._merge_kernel, dict(BLOCK_Q=dec.MAX_QUERIES, MERGE_SPLITS=dec.MERGE_SPLITS), 4, 3),
     }
 
 

@@ -31,6 +31,8 @@ from .alibi_triton_forward import (
     _program,
 )
 
+PREPROCESS_BLOCK_M = 64  # query rows per program of _bwd_preprocess (a bandwidth-bound row sum: not autotuned)
+
 
 @triton.jit
 def _bwd_preprocess(
@@ -266,9 +268,8 @@ def _backward(do, q, k, v, out, lse, slopes, scale, offset, span):
     span_arg = slopes if span is None else span
     common = dict(HEAD_DIM=d, HAS_SPAN=span is not None)
     with _device_guard(q):
-        pre_block = 64
-        _bwd_preprocess[(triton.cdiv(q_len, pre_block) * b * h,)](
-            out, do, delta, *out.stride(), *do.stride(), h, b * h, q_len, HEAD_DIM=d, BLOCK_M=pre_block,
+        _bwd_preprocess[(triton.cdiv(q_len, PREPROCESS_BLOCK_M) * b * h,)](
+            out, do, delta, *out.stride(), *do.stride(), h, b * h, q_len, HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK_M,
         )
         _bwd_dkdv_kernel[lambda meta: (triton.cdiv(k_len, meta["BLOCK_N"]) * b * h,)](
             q, k, v, do, dk, dv, lse, delta, slopes, span_arg,
