@@ -30,6 +30,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from modeling_alibi import alibi_triton_backward, alibi_triton_decode, alibi_triton_forward  # noqa: E402
+from modeling_alibi.io_utils import atomic_write_text  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 HEAD_DIM = 64
@@ -122,9 +123,7 @@ def main() -> int:
         if folder:
             os.makedirs(folder, exist_ok=True)
     result = dict(triton=triton.__version__, target=f"{TARGET.backend} sm_{TARGET.arch}", kernels=run(args.ptx))
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=1))
     if args.compare:
         with open(args.compare) as f:
             old = json.load(f)
