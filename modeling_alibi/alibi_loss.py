@@ -36,10 +36,13 @@ def causal_lm_loss(
     nothing to the gradient. A warning says so where the count can be read without a device sync (CPU tensors,
     outside torch.compile).
     """
-    if shift_labels is None:
-        targets = labels[:, 1:]  # (b, q - 1): position t predicts t + 1
+    if shift_labels is None and logits is not None:
+        # Position t predicts t + 1; the last predicts nothing. Padding the labels keeps the logits whole (as
+        # transformers' ForCausalLMLoss does): a slice of them would be copied, and its gradient zero-filled.
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (b, q)
+    elif shift_labels is None:
+        targets = labels[:, 1:]  # (b, q - 1)
         hidden_states = hidden_states[:, :-1]
-        logits = logits[:, :-1] if logits is not None else None
     else:
         targets = shift_labels  # (b, q)
     targets = targets.to(hidden_states.device)
