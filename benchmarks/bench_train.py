@@ -4,7 +4,8 @@ L=512, 16 sequences (FULL sizes). Ours on the default backend (flex on CUDA); MP
 refuses sdpa for them). All use fused AdamW; the row also gives tokens/s with the default (foreach) AdamW of the
 anchor method. FLOPs per step = 6 * params * tokens + attention 12 * layers * d * L * tokens / 2 (causal); the
 peak is the bf16 matmul rate measured in the same run (harness.py). The `train_compiled` extra adds rows for
-`torch.compile(model)` and `torch.compile(model, mode="reduce-overhead")` (CUDA only). Its rows are the `[train]`
+`torch.compile(model)` and `torch.compile(model, mode="reduce-overhead")` (CUDA only), and marks the one that
+`alibi-lm train` uses by default on one GPU (training.loop.default_compile_mode). Its rows are the `[train]`
 section of model_bench's table. On the GPU machine:
 
     HF_HUB_OFFLINE=1 python3 benchmarks/model_bench.py --parts train
@@ -16,6 +17,8 @@ from __future__ import annotations
 import time
 
 import torch
+
+from modeling_alibi.training.loop import default_compile_mode
 
 from harness import Bench
 
@@ -38,12 +41,15 @@ def run(bench: Bench) -> None:
 def extra_compiled(bench: Bench) -> None:
     """The `train_compiled` extra: rows for our compiled model, placed after the uncompiled row."""
     rows = train_rows(bench)
-    # Default mode, as `alibi-lm train` runs it on CUDA by default; then with CUDA graphs for forward and backward.
+    # The mode `alibi-lm train` picks by default on one GPU at this row length: its row is marked.
+    default_mode, _ = default_compile_mode("cuda", 1, bench.S["train_len"])
+    # Mode "default", then with CUDA graphs for forward and backward.
     for position, (label, mode) in enumerate((("", "default"), (" reduce-overhead", "reduce-overhead"))):
         model = bench.ours()
         compiled = torch.compile(model, mode=mode)
         rows.insert(min(1 + position, len(rows)), dict(
             model=f"alibi torch.compile{label}", backend=model.config._attn_implementation,
+            train_default=mode == default_mode,
             **bench.case(f"train alibi compiled{label}", train_rate, bench, model, compiled)))
         del model, compiled
         bench.save()
@@ -115,5 +121,5 @@ def report(part: dict) -> list[str]:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         lines.append(f"  {r['model']:22s} {r['backend']:15s} {r['params'] / 1e6:7.1f}M {r['tok_s']:9d} "
                      f"{r['tok_s_default_adamw']:9d} {r['tflops']:8.1f} {mfu:>6s} {r['first_step_s']:8.1f} "
-                     f"{mpt:>6s} {bloom:>7s}")
+                     f"{mpt:>6s} {bloom:>7s}{'  <- alibi-lm train default' if r.get('train_default') else ''}")
     return lines

@@ -142,10 +142,10 @@ def test_torch_compile_from_yaml(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("setting", "mode", "device", "expected"), [
-    (None, None, "cpu", None), (None, None, "mps", None), (None, None, "cuda", "default"),
-    (None, "reduce-overhead", "cuda", "reduce-overhead"), (None, "reduce-overhead", "cpu", "reduce-overhead"),
-    (True, None, "cpu", "default"), (True, "max-autotune", "cpu", "max-autotune"), (True, None, "cuda", "default"),
-    (False, None, "cpu", None), (False, None, "cuda", None),
+    (None, None, "cpu", None), (None, None, "mps", None), (None, None, "cuda", "reduce-overhead"),
+    (None, "default", "cuda", "default"), (None, "reduce-overhead", "cpu", "reduce-overhead"),
+    (True, None, "cpu", "default"), (True, "max-autotune", "cpu", "max-autotune"),
+    (True, None, "cuda", "reduce-overhead"), (False, None, "cpu", None), (False, None, "cuda", None),
 ])
 def test_training_step_compiles_on_cuda_unless_told(caplog, setting: bool | None, mode: str | None, device: str,
                                                     expected: str | None):
@@ -159,6 +159,25 @@ def test_training_step_compiles_on_cuda_unless_told(caplog, setting: bool | None
     reason = (f"--torch_compile {str(setting).lower()}" if setting is not None else
               f"--torch_compile_mode {mode}" if mode is not None else f"the default on {device}")
     assert f"Training step: {path} ({reason}" in message, message  # after Accelerate's "[RANK 0] "
+
+
+@pytest.mark.parametrize(("processes", "seq_len", "expected"), [
+    (1, 512, ("reduce-overhead", None)), (1, 16384, ("reduce-overhead", None)),
+    (2, 512, ("default", "no CUDA graphs with 2 processes")),
+    (1, 16385, ("default", "no CUDA graphs for rows over 16384 tokens")),
+])
+def test_cuda_graphs_are_the_default_only_where_checked(caplog, processes: int, seq_len: int, expected: tuple):
+    """One CUDA process and rows of at most 16K tokens: what the GPU test below and cuDNN's capture allow."""
+    assert loop.default_compile_mode("cuda", processes, seq_len) == expected
+    assert loop.default_compile_mode("cpu", processes, seq_len) == ("default", None)
+    PartialState(cpu=True)
+    caplog.set_level(logging.INFO, logger=loop.__name__)
+    args = TrainArguments(train_files=["a.txt"], seq_len=seq_len)
+    assert loop.training_step_mode(args, torch.device("cuda"), processes) == expected[0]
+    (message,) = [record.getMessage() for record in caplog.records if record.name == loop.__name__]
+    why_not_graphs = f"; {expected[1]}" if expected[1] else ""
+    assert message.endswith(f"(the default on cuda; --torch_compile false changes it{why_not_graphs}; "
+                            "--torch_compile_mode changes the mode)."), message
 
 
 def test_torch_compile_mode_flag_is_checked():
@@ -253,18 +272,22 @@ def test_compiled_training_follows_the_eager_run(workdir: Path, caplog):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_gpu_cuda_graph_training_follows_the_default_compiled_run(workdir: Path, caplog, accumulation: int):
-    """--torch_compile_mode reduce-overhead trains as mode "default" does, step by step, through evaluation and
-    checkpoints between the replays: both run the same kernels (bf16 autocast, cuDNN's ALiBi where the frontend is
-    installed), so only cuDNN's nondeterministic backward sums separate them. Losses are read steps after the
-    replay that made them; at accumulation 2 the gradients of two replays add up."""
+# dropout None keeps the model file's: hidden_dropout 0.1, no attention dropout (flex_attention has none).
+@pytest.mark.parametrize(("accumulation", "dropout"), [(1, 0.0), (2, 0.0), (1, None)])
+def test_gpu_cuda_graph_training_follows_the_default_compiled_run(workdir: Path, caplog, accumulation: int,
+                                                                  dropout: float):
+    """The default on one CUDA process, mode "reduce-overhead" (CUDA graphs), trains as mode "default" does, step
+    by step, through evaluation and checkpoints between the replays: both run the same kernels (bf16 autocast,
+    cuDNN's ALiBi where the frontend is installed) and draw the same dropout masks, so only cuDNN's
+    nondeterministic backward sums separate them. Losses are read steps after the replay that made them; at
+    accumulation 2 the gradients of two replays add up."""
     caplog.set_level(logging.INFO, logger=loop.__name__)
-    common = dict(dropout=0.0, mixed_precision="bf16", gradient_accumulation_steps=accumulation, max_steps=8,
+    common = dict(dropout=dropout, mixed_precision="bf16", gradient_accumulation_steps=accumulation, max_steps=8,
                   eval_every=4, save_every=4, log_every=4)
-    plain = train(run_args(workdir, f"default-{accumulation}", **common))
+    tag = f"{accumulation}-{dropout}"
+    plain = train(run_args(workdir, f"default-{tag}", torch_compile_mode="default", **common))
     reset_accelerate()
-    graphed = train(run_args(workdir, f"graphs-{accumulation}", torch_compile_mode="reduce-overhead", **common))
+    graphed = train(run_args(workdir, f"graphs-{tag}", **common))  # CUDA graphs: the default on CUDA
     messages = [record.getMessage() for record in caplog.records if "Training step:" in record.getMessage()]
     assert "mode 'default'" in messages[0] and "mode 'reduce-overhead'" in messages[1], messages
     expected, actual = metrics(plain.parent), metrics(graphed.parent)
@@ -273,7 +296,10 @@ def test_gpu_cuda_graph_training_follows_the_default_compiled_run(workdir: Path,
         assert abs(expected[step] - actual[step]) < 2e-3, (step, expected[step], actual[step])
     weights = final_weights(plain.parent)
     for name, tensor in final_weights(graphed.parent).items():
-        torch.testing.assert_close(tensor, weights[name], rtol=2e-2, atol=2e-3, msg=name)
+        # A key bias adds q . b to every score of a query's row, which softmax cancels: its true gradient is 0,
+        # and AdamW turns the rounding noise left in its place into full-size steps that differ from run to run.
+        if not name.endswith("k_proj.bias"):
+            torch.testing.assert_close(tensor, weights[name], rtol=2e-2, atol=2e-3, msg=name)
 
 
 def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):

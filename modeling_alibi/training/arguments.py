@@ -87,8 +87,8 @@ class TrainArguments:
                 "evaluation and export use the plain model."})
     torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = field(default=None, metadata={
         "help": "torch.compile's mode for the training step; as in transformers' TrainingArguments, giving one "
-                "compiles the step. None (default) is 'default'; 'reduce-overhead' replays forward and backward "
-                "as CUDA graphs."})
+                "compiles the step. None (default): 'reduce-overhead' (forward and backward replayed as CUDA "
+                "graphs) on one CUDA process with rows of at most 16,384 tokens, else 'default'."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     # Evaluation, logging, checkpoints
     eval_every: int = field(default=0, metadata={"help": "Validate every N steps and at the end; 0 = only at the end."})

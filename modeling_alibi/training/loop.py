@@ -237,15 +237,34 @@ def _log(accelerator: Accelerator, args: TrainArguments, metrics: dict[str, floa
             os.fsync(f.fileno())
 
 
-def training_step_mode(args: TrainArguments, device: torch.device) -> str | None:
+# CUDA graphs (mode "reduce-overhead") are the default only where they were checked on a GPU: one process (DDP and
+# FSDP are untested with them) and rows of at most 16K tokens (cuDNN's ALiBi backward failed to capture at 32K and
+# 64K: docs/benchmarks.md).
+GRAPHED_MAX_SEQ_LEN = 16384
+
+
+def default_compile_mode(device_type: str, num_processes: int, seq_len: int) -> tuple[str, str | None]:
+    """The compiled step's mode when none is asked for: CUDA graphs where they are checked, else "default";
+    and, where CUDA would use them but does not, why not."""
+    if device_type != "cuda":
+        return "default", None
+    if num_processes > 1:
+        return "default", f"no CUDA graphs with {num_processes} processes"
+    if seq_len > GRAPHED_MAX_SEQ_LEN:
+        return "default", f"no CUDA graphs for rows over {GRAPHED_MAX_SEQ_LEN} tokens"
+    return "reduce-overhead", None
+
+
+def training_step_mode(args: TrainArguments, device: torch.device, num_processes: int = 1) -> str | None:
     """torch.compile's mode for `train_loop`'s training step, or None for an eager step.
 
     Compiled when `args.torch_compile` says so, else only on CUDA, where the compiled step trains faster (README
     "Training speed", docs/benchmarks.md): CPU runs (tests, the demo) are short, so inductor's compile time would
     dominate them, and MPS has no compiled-training test here. The mode is `args.torch_compile_mode` (which, as
-    in transformers' TrainingArguments, implies compiling), "default" when unset. "reduce-overhead" (CUDA graphs)
-    trained the bare model 1.33x faster on an H200 (docs/benchmarks.md), but this loop has not yet run it on a
-    GPU, so it is not the default.
+    in transformers' TrainingArguments, implies compiling); unset, it is `default_compile_mode`'s: on one CUDA
+    process "reduce-overhead" (forward and backward replayed as CUDA graphs), which trained the bare model 1.3x
+    faster than mode "default" on an H200 and is checked against it inside this loop by
+    tests/test_training.py::test_gpu_cuda_graph_training_follows_the_default_compiled_run.
     """
     if args.torch_compile is not None:
         compiled, reason = args.torch_compile, f"--torch_compile {str(args.torch_compile).lower()}"
@@ -257,7 +276,10 @@ def training_step_mode(args: TrainArguments, device: torch.device) -> str | None
     if not compiled:
         logger.info("Training step: eager, not compiled (%s).", reason)
         return None
-    mode = args.torch_compile_mode or "default"
+    mode = args.torch_compile_mode
+    if mode is None:
+        mode, why_not_graphs = default_compile_mode(device.type, num_processes, args.seq_len)
+        reason += f"; {why_not_graphs}" if why_not_graphs else ""
     logger.info("Training step: torch.compile, mode %r (%s; --torch_compile_mode changes the mode).", mode, reason)
     return mode
 
@@ -279,7 +301,7 @@ def train_loop(
     model, optimizer = state.model, state.optimizer
     # Compiled for the training step only: the wrapper shares the parameters, and evaluation (another shape,
     # no grad) and export keep the plain module.
-    mode = training_step_mode(args, accelerator.device)
+    mode = training_step_mode(args, accelerator.device, accelerator.num_processes)
     forward = model if mode is None else torch.compile(model, mode=mode)
     graphed = mode in ("reduce-overhead", "max-autotune") and accelerator.device.type == "cuda"
     # Resume position: step N has consumed N * k micro-batches (k = accumulation) of the seeded epoch order.
@@ -491,6 +513,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "claim_output_dir",
+    "default_compile_mode",
     "evaluate",
     "export_model",
     "get_dataloaders",
