@@ -1,4 +1,5 @@
-"""`alibi-lm train` on a GPU preset, as a user runs it: the default (compiled on CUDA) against `--torch_compile false`.
+"""`alibi-lm train` on a GPU preset, as a user runs it: the default (on one CUDA process, compiled with CUDA graphs)
+against mode "default" (compiled, no CUDA graphs) and `--torch_compile false`.
 
 Both runs train the same preset on the same text for the same steps, one process, through `scripts/train.py` (what
 `alibi-lm train` runs). The text is synthetic, so the GPU machine needs no corpus: sentences of made-up words drawn
@@ -25,7 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = (("default (no flag)", []), ("--torch_compile false", ["--torch_compile", "false"]))
+RUNS = (("default (no flag)", []), ("--torch_compile_mode default", ["--torch_compile_mode", "default"]),
+        ("--torch_compile false", ["--torch_compile", "false"]))
 
 
 def write_text(path: Path, megabytes: float, seed: int) -> None:
