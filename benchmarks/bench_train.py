@@ -110,16 +110,16 @@ def adamw_rate(bench: Bench, model: torch.nn.Module, run_model, x: torch.Tensor,
 def report(part: dict) -> list[str]:
     """The `[train]` section of the table."""
     lines = [f"[train] L={part['length']} x {part['batch']} seqs, bf16 weights, {part['optimizer']}",
-             f"  {'model':22s} {'backend':15s} {'params':>8s} {'tok/s':>9s} {'(adamw)':>9s} {'TFLOP/s':>8s} "
+             f"  {'model':35s} {'backend':15s} {'params':>8s} {'tok/s':>9s} {'(adamw)':>9s} {'TFLOP/s':>8s} "
              f"{'MFU':>6s} {'1st step':>8s} {'x mpt':>6s} {'x bloom':>7s}"]
     rate = {r["model"]: r.get("tok_s") for r in part["rows"] if r.get("status") == "ok"}
     for r in part["rows"]:
         if r.get("status") != "ok":
-            lines.append(f"  {r['model']:22s} {r['backend']:15s} {r['status'].upper()} {r.get('error', '')[:80]}")
+            lines.append(f"  {r['model']:35s} {r['backend']:15s} {r['status'].upper()} {r.get('error', '')[:80]}")
             continue
         mpt, bloom = (f"{r['tok_s'] / rate[p]:.2f}" if rate.get(p) else "-" for p in ("mpt", "bloom"))
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(f"  {r['model']:22s} {r['backend']:15s} {r['params'] / 1e6:7.1f}M {r['tok_s']:9d} "
+        lines.append(f"  {r['model']:35s} {r['backend']:15s} {r['params'] / 1e6:7.1f}M {r['tok_s']:9d} "
                      f"{r['tok_s_default_adamw']:9d} {r['tflops']:8.1f} {mfu:>6s} {r['first_step_s']:8.1f} "
                      f"{mpt:>6s} {bloom:>7s}{'  <- alibi-lm train default' if r.get('train_default') else ''}")
     return lines
