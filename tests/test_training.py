@@ -275,7 +275,7 @@ def test_compiled_training_follows_the_eager_run(workdir: Path, caplog):
 # dropout None keeps the model file's: hidden_dropout 0.1, no attention dropout (flex_attention has none).
 @pytest.mark.parametrize(("accumulation", "dropout"), [(1, 0.0), (2, 0.0), (1, None)])
 def test_gpu_cuda_graph_training_follows_the_default_compiled_run(workdir: Path, caplog, accumulation: int,
-                                                                  dropout: float):
+                                                                  dropout: float | None):
     """The default on one CUDA process, mode "reduce-overhead" (CUDA graphs), trains as mode "default" does, step
     by step, through evaluation and checkpoints between the replays: both run the same kernels (bf16 autocast,
     cuDNN's ALiBi where the frontend is installed) and draw the same dropout masks, so only cuDNN's
