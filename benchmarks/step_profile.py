@@ -49,6 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
 from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 
+from cuda_timing import host_us  # noqa: E402  (beside this file)
+
 SIZES = dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=16, num_attention_heads=8, intermediate_size=4096)
 
 
@@ -70,17 +72,6 @@ def timed(fn, reps: int) -> float:
         torch.cuda.synchronize()
         times.append(1e3 * (time.perf_counter() - t0))
     return sorted(times)[len(times) // 2]
-
-
-def back_to_back(fn, reps: int) -> float:
-    """Mean wall ms of fn() over reps calls with no sync between them, as model_bench times training steps: the
-    host may run ahead, so a step's launch latency hides behind the last step's kernels."""
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - t0) / reps
 
 
 def gpu_busy(fn, reps: int, top: int = 12) -> tuple[float, list]:
@@ -225,7 +216,8 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
     for _ in range(3):
         step()
     row["wall_ms"] = round(timed(step, 8), 2)
-    row["back_to_back_ms"] = round(back_to_back(step, 10), 2)
+    # No sync between steps, as model_bench times them: a step's launches hide behind the last step's kernels.
+    row["back_to_back_ms"] = round(host_us(step, 10) / 1e3, 2)
     row["gpu_ms"], row["top_kernels"] = gpu_busy(step, 3, top)
     row["gpu_ms"] = round(row["gpu_ms"], 2)
     row["tok_s"] = round(16 * 512 / row["back_to_back_ms"] * 1e3)
