@@ -271,6 +271,34 @@ def test_compiled_training_follows_the_eager_run(workdir: Path, caplog):
         assert abs(losses[step] - compiled_losses[step]) < 1e-3, (step, losses[step], compiled_losses[step])
 
 
+def test_compiled_training_loss_gives_the_backward_no_logits_gradient():
+    """The loop compiles `training_loss(model)`, not the module: a compiled module also outputs the logits, and
+    its backward graph then takes a (batch, length, vocab) gradient for them, which autograd fills with zeros."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    tangents = []
+
+    def backward_compiler(graph, inputs):
+        tangents.append([tuple(node.meta["val"].shape) for node in graph.graph.nodes
+                         if node.op == "placeholder" and node.name.startswith("tangents")])
+        return make_boxed_func(graph.forward)
+
+    backend = aot_autograd(fw_compiler=lambda graph, inputs: make_boxed_func(graph.forward),
+                           bw_compiler=backward_compiler)
+    torch.manual_seed(0)
+    model = AlibiForCausalLM(AlibiConfig(vocab_size=100, **TINY_MODEL, hidden_dropout=0.0))
+    ids = torch.randint(0, 100, (2, 16))
+    eager = loop.training_loss(model)(input_ids=ids, labels=ids)
+    compiled = torch.compile(loop.training_loss(model), backend=backend)(input_ids=ids, labels=ids)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend)(input_ids=ids, labels=ids).loss.backward()
+    torch._dynamo.reset()
+    assert tangents == [[()], [(), (2, 16, 100)]]
+
+
 @pytest.mark.gpu
 # dropout None keeps the model file's: hidden_dropout 0.1, no attention dropout (flex_attention has none).
 @pytest.mark.parametrize(("accumulation", "dropout"), [(1, 0.0), (2, 0.0), (1, None)])

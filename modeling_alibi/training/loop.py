@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -284,6 +285,20 @@ def training_step_mode(args: TrainArguments, device: torch.device, num_processes
     return mode
 
 
+def training_loss(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """The training step's forward as a function of the batch that returns the loss alone.
+
+    Compiled, its graph outputs the loss and nothing else. A compiled module also outputs the logits, and autograd
+    then hands the backward graph a zero gradient for them, materialised at every step: a (batch, length, vocab)
+    fill, 0.5 GB at 16 x 512 tokens and a 32K vocabulary, which CUDA graphs also copy into the graph's input.
+    """
+
+    def loss(**batch: torch.Tensor) -> torch.Tensor:
+        return model(**batch, use_cache=False).loss
+
+    return loss
+
+
 def train_loop(
     accelerator: Accelerator,
     args: TrainArguments,
@@ -299,10 +314,11 @@ def train_loop(
     """
     train_loader, _ = loaders
     model, optimizer = state.model, state.optimizer
-    # Compiled for the training step only: the wrapper shares the parameters, and evaluation (another shape,
-    # no grad) and export keep the plain module.
+    # Compiled for the training step only: the function shares the module's parameters, and evaluation (another
+    # shape, no grad) and export keep the plain module.
     mode = training_step_mode(args, accelerator.device, accelerator.num_processes)
-    forward = model if mode is None else torch.compile(model, mode=mode)
+    step_loss = training_loss(model)
+    step_loss = step_loss if mode is None else torch.compile(step_loss, mode=mode)
     graphed = mode in ("reduce-overhead", "max-autotune") and accelerator.device.type == "cuda"
     # Resume position: step N has consumed N * k micro-batches (k = accumulation) of the seeded epoch order.
     epoch, skip = divmod(step * args.gradient_accumulation_steps, len(train_loader))
@@ -315,7 +331,7 @@ def train_loop(
             with accelerator.accumulate(model):
                 if graphed and first_micro_batch:  # the graphs may reuse the memory of the last step's outputs
                     torch.compiler.cudagraph_mark_step_begin()
-                loss = forward(**batch, use_cache=False).loss
+                loss = step_loss(**batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -524,6 +540,7 @@ __all__ = [
     "total_steps",
     "train",
     "train_loop",
+    "training_loss",
     "training_step_mode",
     "verify_export",
 ]
