@@ -4,9 +4,10 @@ L=512, 16 sequences (FULL sizes). Ours on the default backend (flex on CUDA); MP
 refuses sdpa for them). All use fused AdamW; the row also gives tokens/s with the default (foreach) AdamW of the
 anchor method. FLOPs per step = 6 * params * tokens + attention 12 * layers * d * L * tokens / 2 (causal); the
 peak is the bf16 matmul rate measured in the same run (harness.py). The `train_compiled` extra adds rows for
-`torch.compile(model)` and `torch.compile(model, mode="reduce-overhead")` (CUDA only), and marks the one that
-`alibi-lm train` uses by default on one GPU (training.loop.default_compile_mode). Its rows are the `[train]`
-section of model_bench's table. On the GPU machine:
+our compiled step in mode "default" and "reduce-overhead" (CUDA only), and marks the one that `alibi-lm train`
+uses by default on one GPU (training.loop.default_compile_mode). Both compile `training.loop.training_loss(model)`,
+the loss alone, as `alibi-lm train` does; run D (thirteenth session) and earlier runs compiled the module. Its
+rows are the `[train]` section of model_bench's table. On the GPU machine:
 
     HF_HUB_OFFLINE=1 python3 benchmarks/model_bench.py --parts train
     HF_HUB_OFFLINE=1 python3 benchmarks/model_bench.py --parts train,train_compiled
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from modeling_alibi.training.loop import default_compile_mode
+from modeling_alibi.training.loop import default_compile_mode, training_loss
 
 from harness import Bench
 
@@ -46,7 +47,7 @@ def extra_compiled(bench: Bench) -> None:
     # Mode "default", then with CUDA graphs for forward and backward.
     for position, (label, mode) in enumerate((("", "default"), (" reduce-overhead", "reduce-overhead"))):
         model = bench.ours()
-        compiled = torch.compile(model, mode=mode)
+        compiled = torch.compile(training_loss(model), mode=mode)  # as alibi-lm train compiles its step
         rows.insert(min(1 + position, len(rows)), dict(
             model=f"alibi torch.compile{label}", backend=model.config._attn_implementation,
             train_default=mode == default_mode,
@@ -60,17 +61,18 @@ def train_rows(bench: Bench) -> list:
                                                  optimizer="fused AdamW (CUDA), all models", rows=[]))["rows"]
 
 
-def train_rate(bench: Bench, model: torch.nn.Module, step_model=None) -> dict:
-    """One case: tokens/s with fused AdamW (and with the default AdamW), TFLOP/s and MFU."""
+def train_rate(bench: Bench, model: torch.nn.Module, step_loss=None) -> dict:
+    """One case: tokens/s with fused AdamW (and with the default AdamW), TFLOP/s and MFU. step_loss(**batch) gives
+    the loss; by default the model's own output's."""
     s = bench.S
     B, L = s["train_batch"], s["train_len"]
     model.train()
     x = bench.ids(L, B)
-    run_model = step_model if step_model is not None else model
+    step_loss = step_loss if step_loss is not None else lambda **batch: model(**batch).loss
     params = sum(p.numel() for p in model.parameters())
     out = dict(params=params)
     for label, fused in (("tok_s", bench.cuda), ("tok_s_default_adamw", None)):
-        first_step_s, tok_s = adamw_rate(bench, model, run_model, x, fused)
+        first_step_s, tok_s = adamw_rate(bench, model, step_loss, x, fused)
         if label == "tok_s":
             out["first_step_s"] = first_step_s  # includes compilation
         out[label] = tok_s
@@ -81,13 +83,13 @@ def train_rate(bench: Bench, model: torch.nn.Module, step_model=None) -> dict:
     return out
 
 
-def adamw_rate(bench: Bench, model: torch.nn.Module, run_model, x: torch.Tensor, fused) -> tuple[float, int]:
+def adamw_rate(bench: Bench, model: torch.nn.Module, step_loss, x: torch.Tensor, fused) -> tuple[float, int]:
     """(first step seconds, tokens/s) of whole steps with a fresh AdamW(fused=fused), freed on return."""
     s = bench.S
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
 
     def step():
-        loss = run_model(input_ids=x, labels=x).loss
+        loss = step_loss(input_ids=x, labels=x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

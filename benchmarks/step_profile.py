@@ -13,9 +13,11 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward); other
-           inductor settings from TRAIN_VARIANTS with --train-variants, and three experiments: fc1 with its
-           bias and ReLU in cuBLASLt's epilogue (`linear_relu`), q, k and v in one GEMM (`_project_fused`), and
-           the whole step, optimizer included, captured as one CUDA graph (`alibi_decoding._captured`).
+           inductor settings from TRAIN_VARIANTS with --train-variants, and four experiments: fc1 with its
+           bias and ReLU in cuBLASLt's epilogue (`linear_relu`), q, k and v in one GEMM (`_project_fused`),
+           the whole step, optimizer included, captured as one CUDA graph (`alibi_decoding._captured`), and the
+           loss compiled as a function (`training.loop.training_loss`, what alibi-lm train compiles) instead
+           of the module.
   prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
            the host operators with the most CPU time of their own. Timed after three calls, so the prompt
            replays the CUDA graph its shape's second call captured (alibi_decoding._Decoder.start).
@@ -48,6 +50,7 @@ from transformers import StaticCache  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
 from modeling_alibi import alibi_decoding as decoding  # noqa: E402
+from modeling_alibi.training.loop import training_loss  # noqa: E402
 
 from cuda_timing import host_us  # noqa: E402  (beside this file)
 
@@ -105,7 +108,8 @@ TRAIN_VARIANTS = {
     "compiled reduce-overhead pdl": {"triton.cudagraphs": True, "triton.enable_pdl": True},
     # Inductor's Triton matmul templates autotuned against cuBLAS for each shape (compiles for minutes).
     "compiled max-autotune-no-cudagraphs": {"max_autotune": True, "coordinate_descent_tuning": True},
-    # Experiments (see EXPERIMENTS): fc1's bias and ReLU in cuBLASLt's epilogue; the whole step as one CUDA graph.
+    # Experiments (see EXPERIMENTS): fc1's bias and ReLU in cuBLASLt's epilogue; the whole step as one CUDA graph;
+    # stacked q, k and v; inductor options; the loss compiled as a function.
     "compiled reduce-overhead relu-epilogue": {"triton.cudagraphs": True},
     "compiled reduce-overhead fused-qkv": {"triton.cudagraphs": True},
     "whole-step graph": {},
@@ -115,6 +119,10 @@ TRAIN_VARIANTS = {
     # sum to an ATen reduce (2 x 33 launches, about 0.7 ms a step on an H200).
     "compiled reduce-overhead no-mix-order": {"triton.cudagraphs": True, "triton.mix_order_reduction": False},
     "whole-step graph relu-epilogue no-mix-order": {"triton.mix_order_reduction": False},
+    # The step's loss compiled as a function (training.loop.training_loss): no logits output, no zero gradient.
+    "compiled loss-function": {},
+    "compiled reduce-overhead loss-function": {"triton.cudagraphs": True},
+    "whole-step graph loss-function": {},
 }
 # What the experiment labels change besides inductor's options.
 EXPERIMENTS = {
@@ -124,6 +132,9 @@ EXPERIMENTS = {
     "whole-step graph relu-epilogue": dict(relu_epilogue=True, whole_step=True),
     "whole-step graph relu-epilogue fused-qkv": dict(relu_epilogue=True, fused_qkv=True, whole_step=True),
     "whole-step graph relu-epilogue no-mix-order": dict(relu_epilogue=True, whole_step=True),
+    "compiled loss-function": dict(loss_function=True),
+    "compiled reduce-overhead loss-function": dict(loss_function=True),
+    "whole-step graph loss-function": dict(loss_function=True, whole_step=True),
 }
 
 
@@ -187,13 +198,20 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
         if experiment.get("fused_qkv"):
             layer.self_attn._project = _project_fused.__get__(layer.self_attn)
     run = torch.compile(model, options=options) if options is not None else model
+    # The loss alone compiled as a function, as alibi-lm train compiles its step (training.loop.training_loss), or
+    # the compiled module, whose graph also outputs the logits and so takes a zero gradient for them.
+    compiled_loss = torch.compile(training_loss(model), options=options) if experiment.get("loss_function") else None
+
+    def loss_of(**batch: torch.Tensor) -> torch.Tensor:
+        return compiled_loss(**batch) if compiled_loss is not None else run(**batch).loss
+
     whole = experiment.get("whole_step", False)
     # A captured optimizer step must keep its state on the GPU and read no host values (capturable=True).
     opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device="cuda") if whole else 1e-4, fused=True,
                             capturable=whole)
 
     def step():
-        run(input_ids=x, labels=x).loss.backward()
+        loss_of(input_ids=x, labels=x).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
