@@ -123,6 +123,10 @@ TRAIN_VARIANTS = {
     "compiled loss-function": {},
     "compiled reduce-overhead loss-function": {"triton.cudagraphs": True},
     "whole-step graph loss-function": {},
+    "compiled reduce-overhead loss-function no-mix-order": {
+        "triton.cudagraphs": True,
+        "triton.mix_order_reduction": False,
+    },
 }
 # What the experiment labels change besides inductor's options.
 EXPERIMENTS = {
@@ -135,6 +139,7 @@ EXPERIMENTS = {
     "compiled loss-function": dict(loss_function=True),
     "compiled reduce-overhead loss-function": dict(loss_function=True),
     "whole-step graph loss-function": dict(loss_function=True, whole_step=True),
+    "compiled reduce-overhead loss-function no-mix-order": dict(loss_function=True),
 }
 
 
