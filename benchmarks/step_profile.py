@@ -4,7 +4,7 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
 
   train    one fwd+bwd+fused-AdamW step at L=512 x 16 (bf16): wall ms with a sync after each step, ms per step
            back to back (no sync between steps, as model_bench times them; tok/s comes from this), GPU-busy ms
-           (profiler), the top kernels;
+           (profiler), the first (compiling) step's seconds, the top kernels;
            the same for `torch.compile(model)`, with dynamo's graph and graph-break count (torch._dynamo.explain).
   decode   batch-1 greedy steps after a 2,048-token prompt into a StaticCache: eager steps, steps compiled as
            generate() compiles them (mode="reduce-overhead": CUDA graphs), and the whole generate() call; wall
@@ -17,7 +17,7 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            bias and ReLU in cuBLASLt's epilogue (`linear_relu`), q, k and v in one GEMM (`_project_fused`),
            the whole step, optimizer included, captured as one CUDA graph (`alibi_decoding._captured`), and the
            loss compiled as a function (`training.loop.training_loss`, what alibi-lm train compiles) instead
-           of the module.
+           of the module; also inductor's own Triton-kernel tuning (coordinate descent, pointwise autotuning).
   prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
            the host operators with the most CPU time of their own. Timed after three calls, so the prompt
            replays the CUDA graph its shape's second call captured (alibi_decoding._Decoder.start).
@@ -127,6 +127,18 @@ TRAIN_VARIANTS = {
         "triton.cudagraphs": True,
         "triton.mix_order_reduction": False,
     },
+    # Inductor's own kernel tuning: coordinate descent over each Triton kernel's block sizes and warps, or its
+    # autotuning of pointwise and reduction configs (neither searches the GEMMs, which stay cuBLAS).
+    "compiled reduce-overhead loss-function cdt": {"triton.cudagraphs": True, "coordinate_descent_tuning": True},
+    "compiled reduce-overhead loss-function autotune-pointwise": {
+        "triton.cudagraphs": True,
+        "max_autotune_pointwise": True,
+    },
+    "compiled reduce-overhead loss-function relu-epilogue": {"triton.cudagraphs": True},
+    "compiled reduce-overhead loss-function cdt relu-epilogue": {
+        "triton.cudagraphs": True,
+        "coordinate_descent_tuning": True,
+    },
 }
 # What the experiment labels change besides inductor's options.
 EXPERIMENTS = {
@@ -140,6 +152,10 @@ EXPERIMENTS = {
     "compiled reduce-overhead loss-function": dict(loss_function=True),
     "whole-step graph loss-function": dict(loss_function=True, whole_step=True),
     "compiled reduce-overhead loss-function no-mix-order": dict(loss_function=True),
+    "compiled reduce-overhead loss-function cdt": dict(loss_function=True),
+    "compiled reduce-overhead loss-function autotune-pointwise": dict(loss_function=True),
+    "compiled reduce-overhead loss-function relu-epilogue": dict(loss_function=True, relu_epilogue=True),
+    "compiled reduce-overhead loss-function cdt relu-epilogue": dict(loss_function=True, relu_epilogue=True),
 }
 
 
@@ -228,7 +244,11 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
         torch._dynamo.reset()
         run = torch.compile(model, options=options)
     try:
-        for _ in range(3):
+        start = time.perf_counter()
+        step()  # compiles
+        torch.cuda.synchronize()
+        row["first_step_s"] = round(time.perf_counter() - start, 1)
+        for _ in range(2):
             step()
         if whole:  # two more steps on a side stream, then the step (zero_grad included) captured as one graph
             step = decoding._captured(step)[0].replay
@@ -246,7 +266,7 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
     row["tok_s"] = round(16 * 512 / row["back_to_back_ms"] * 1e3)
     result.setdefault("train", []).append(row)
     print(f"train {label}: {row['wall_ms']} ms wall (synced), {row['back_to_back_ms']} ms back to back, "
-          f"{row['gpu_ms']} ms GPU, {row['tok_s']} tok/s back to back",
+          f"{row['gpu_ms']} ms GPU, {row['tok_s']} tok/s back to back, first step {row['first_step_s']} s",
           {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
     print_top(row["top_kernels"])
 
