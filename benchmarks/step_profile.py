@@ -13,8 +13,9 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward); other
-           inductor settings from TRAIN_VARIANTS with --train-variants, and four experiments: fc1 with its
-           bias and ReLU in cuBLASLt's epilogue (`linear_relu`), q, k and v in one GEMM (`_project_fused`),
+           inductor settings from TRAIN_VARIANTS with --train-variants, and four experiments: fc1 and its ReLU
+           as separate kernels (compiled models otherwise fuse them, alibi_linear_relu.py), q, k and v in one
+           GEMM (`_project_fused`),
            the whole step, optimizer included, captured as one CUDA graph (`alibi_decoding._captured`), and the
            loss compiled as a function (`training.loop.training_loss`, what alibi-lm train compiles) instead
            of the module; also inductor's own Triton-kernel tuning (coordinate descent, pointwise autotuning).
@@ -108,17 +109,15 @@ TRAIN_VARIANTS = {
     "compiled reduce-overhead pdl": {"triton.cudagraphs": True, "triton.enable_pdl": True},
     # Inductor's Triton matmul templates autotuned against cuBLAS for each shape (compiles for minutes).
     "compiled max-autotune-no-cudagraphs": {"max_autotune": True, "coordinate_descent_tuning": True},
-    # Experiments (see EXPERIMENTS): fc1's bias and ReLU in cuBLASLt's epilogue; the whole step as one CUDA graph;
-    # stacked q, k and v; inductor options; the loss compiled as a function.
-    "compiled reduce-overhead relu-epilogue": {"triton.cudagraphs": True},
+    # Experiments (see EXPERIMENTS): the whole step as one CUDA graph; stacked q, k and v; inductor options; the
+    # loss compiled as a function; fc1 and its ReLU as separate kernels (compiled models fuse them since session 14).
     "compiled reduce-overhead fused-qkv": {"triton.cudagraphs": True},
     "whole-step graph": {},
-    "whole-step graph relu-epilogue": {},
-    "whole-step graph relu-epilogue fused-qkv": {},
+    "whole-step graph fused-qkv": {},
     # LayerNorm's weight and bias gradients without inductor's mix-order reduction, which leaves each one's last
     # sum to an ATen reduce (2 x 33 launches, about 0.7 ms a step on an H200).
     "compiled reduce-overhead no-mix-order": {"triton.cudagraphs": True, "triton.mix_order_reduction": False},
-    "whole-step graph relu-epilogue no-mix-order": {"triton.mix_order_reduction": False},
+    "whole-step graph no-mix-order": {"triton.mix_order_reduction": False},
     # The step's loss compiled as a function (training.loop.training_loss): no logits output, no zero gradient.
     "compiled loss-function": {},
     "compiled reduce-overhead loss-function": {"triton.cudagraphs": True},
@@ -134,63 +133,22 @@ TRAIN_VARIANTS = {
         "triton.cudagraphs": True,
         "max_autotune_pointwise": True,
     },
-    "compiled reduce-overhead loss-function relu-epilogue": {"triton.cudagraphs": True},
-    "compiled reduce-overhead loss-function cdt relu-epilogue": {
-        "triton.cudagraphs": True,
-        "coordinate_descent_tuning": True,
-    },
+    "compiled reduce-overhead loss-function separate-relu": {"triton.cudagraphs": True},
 }
 # What the experiment labels change besides inductor's options.
 EXPERIMENTS = {
-    "compiled reduce-overhead relu-epilogue": dict(relu_epilogue=True),
     "compiled reduce-overhead fused-qkv": dict(fused_qkv=True),
     "whole-step graph": dict(whole_step=True),
-    "whole-step graph relu-epilogue": dict(relu_epilogue=True, whole_step=True),
-    "whole-step graph relu-epilogue fused-qkv": dict(relu_epilogue=True, fused_qkv=True, whole_step=True),
-    "whole-step graph relu-epilogue no-mix-order": dict(relu_epilogue=True, whole_step=True),
+    "whole-step graph fused-qkv": dict(fused_qkv=True, whole_step=True),
+    "whole-step graph no-mix-order": dict(whole_step=True),
     "compiled loss-function": dict(loss_function=True),
     "compiled reduce-overhead loss-function": dict(loss_function=True),
     "whole-step graph loss-function": dict(loss_function=True, whole_step=True),
     "compiled reduce-overhead loss-function no-mix-order": dict(loss_function=True),
     "compiled reduce-overhead loss-function cdt": dict(loss_function=True),
     "compiled reduce-overhead loss-function autotune-pointwise": dict(loss_function=True),
-    "compiled reduce-overhead loss-function relu-epilogue": dict(loss_function=True, relu_epilogue=True),
-    "compiled reduce-overhead loss-function cdt relu-epilogue": dict(loss_function=True, relu_epilogue=True),
+    "compiled reduce-overhead loss-function separate-relu": dict(loss_function=True, separate_relu=True),
 }
-
-
-@torch.library.custom_op("step_profile::linear_relu", mutates_args=())
-def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """relu(x @ weight.T + bias) in one cuBLASLt call (its RELU_BIAS epilogue). A custom op because inductor would
-    split it again, and `_addmm_activation` has no autograd formula."""
-    flat = x.reshape(-1, x.shape[-1])  # (tokens, d_in)
-    return torch._addmm_activation(bias, flat, weight.t()).view(*x.shape[:-1], weight.shape[0])
-
-
-@linear_relu.register_fake
-def _linear_relu_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
-def _linear_relu_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
-    x, weight, _ = inputs
-    ctx.save_for_backward(x, weight, output)
-
-
-def _linear_relu_grad(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain ops, so inductor fuses the ReLU mask into the bias-gradient reduction."""
-    x, weight, output = ctx.saved_tensors
-    grad = torch.where(output > 0, grad, 0)  # (..., d_out)
-    flat = grad.reshape(-1, grad.shape[-1])  # (tokens, d_out)
-    return grad @ weight, flat.t() @ x.reshape(-1, x.shape[-1]), flat.sum(0)
-
-
-linear_relu.register_autograd(_linear_relu_grad, setup_context=_linear_relu_setup)
-
-
-def _mlp_relu_epilogue(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    """AlibiMLP.forward for relu, bias and no dropout, with fc1 through `linear_relu`."""
-    return self.fc2(linear_relu(hidden_states, self.fc1.weight, self.fc1.bias))
 
 
 def _project_fused(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -214,10 +172,10 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
     experiment = EXPERIMENTS.get(label, {})
     model = build().train()
     for layer in model.model.layers:
-        if experiment.get("relu_epilogue"):
-            layer.mlp.forward = _mlp_relu_epilogue.__get__(layer.mlp)
         if experiment.get("fused_qkv"):
             layer.self_attn._project = _project_fused.__get__(layer.self_attn)
+        # AlibiMLP's forward as it was before compiled models fused fc1 and ReLU (alibi_linear_relu.py).
+        layer.mlp.fuse_relu = not experiment.get("separate_relu")
     run = torch.compile(model, options=options) if options is not None else model
     # The loss alone compiled as a function, as alibi-lm train compiles its step (training.loop.training_loss), or
     # the compiled module, whose graph also outputs the logits and so takes a zero gradient for them.
