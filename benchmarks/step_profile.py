@@ -134,6 +134,16 @@ TRAIN_VARIANTS = {
         "max_autotune_pointwise": True,
     },
     "compiled reduce-overhead loss-function separate-relu": {"triton.cudagraphs": True},
+    # The mix-order reduction's split: inductor picks 16 rows per program at 8,192 rows on 132 SMs, leaving a
+    # (512, hidden) workspace for the ATen sum (66 launches, ~0.75 ms); a larger split leaves less to sum. Not run.
+    "compiled reduce-overhead loss-function mix-order-autotune": {
+        "triton.cudagraphs": True,
+        "triton.mix_order_reduction_autotune_split_size": True,
+    },
+    "compiled reduce-overhead loss-function mix-order-split-64": {
+        "triton.cudagraphs": True,
+        "triton.mix_order_reduction_split_size": 64,
+    },
 }
 # What the experiment labels change besides inductor's options.
 EXPERIMENTS = {
@@ -148,6 +158,8 @@ EXPERIMENTS = {
     "compiled reduce-overhead loss-function cdt": dict(loss_function=True),
     "compiled reduce-overhead loss-function autotune-pointwise": dict(loss_function=True),
     "compiled reduce-overhead loss-function separate-relu": dict(loss_function=True, separate_relu=True),
+    "compiled reduce-overhead loss-function mix-order-autotune": dict(loss_function=True),
+    "compiled reduce-overhead loss-function mix-order-split-64": dict(loss_function=True),
 }
 
 

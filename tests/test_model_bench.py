@@ -68,3 +68,16 @@ def test_windowed_prompt_memory_stays_flat(bench):
     # The measurement sees growth where there is some: a full cache grows with the prompt.
     full = sorted(bench["prompt"]["ours_full"], key=lambda row: row["length"])
     assert full[-1]["extra_bytes"] > 2 * full[0]["extra_bytes"]
+
+
+def test_step_profile_variants_name_inductor_options_of_this_torch(monkeypatch):
+    """benchmarks/step_profile.py's training variants pass inductor options by name; a renamed option would only
+    fail on the GPU machine, after its wheel copy and start-up."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import step_profile
+    import torch._inductor.config
+
+    known = torch._inductor.config.get_config_copy()
+    for label, options in step_profile.TRAIN_VARIANTS.items():
+        assert not set(options or {}) - known.keys(), label
+    assert set(step_profile.EXPERIMENTS) <= set(step_profile.TRAIN_VARIANTS)
