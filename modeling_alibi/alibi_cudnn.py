@@ -35,8 +35,8 @@ torch's current stream and the workspace comes from torch's caching allocator, s
 capture once its graphs are built (a warm-up call builds them). Forward and backward are `torch.library` custom
 ops with fake kernels and an autograd formula, so `torch.compile(fullgraph=True)` keeps them as single nodes.
 
-Hub payload: imports only torch and the standard library; `cudnn` is imported inside `try` where first needed,
-and without it `is_supported` is False.
+Hub payload: imports only torch, the standard library and its sibling alibi_ops.py; `cudnn` is imported inside
+`try` where first needed, and without it `is_supported` is False.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ import threading
 from typing import Any
 
 import torch
+
+from .alibi_ops import custom_op
 
 __all__ = ["alibi_cudnn_attention", "is_supported"]
 
@@ -303,13 +305,8 @@ def _backward_fake(grad_out: torch.Tensor, query: torch.Tensor, *args: Any) -> t
     return tuple(_empty_bshd(b, h, s, d, query) for _ in range(3))
 
 
-# One op name per copy of this file: the package and a Hub copy (transformers_modules...) may both be imported,
-# and an op name can be registered once per process.
-_SUFFIX = "".join(c if c.isalnum() else "_" for c in __name__)
-_forward_op = torch.library.custom_op("alibi_lm::cudnn_fwd_" + _SUFFIX, mutates_args=())(_forward)
-_forward_op.register_fake(_forward_fake)
-_backward_op = torch.library.custom_op("alibi_lm::cudnn_bwd_" + _SUFFIX, mutates_args=())(_backward)
-_backward_op.register_fake(_backward_fake)
+_forward_op = custom_op("cudnn_fwd", __name__, _forward, _forward_fake)
+_backward_op = custom_op("cudnn_bwd", __name__, _backward, _backward_fake)
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:

@@ -10,7 +10,7 @@ so it runs here as a `torch.library` custom op whose backward is plain ops (indu
 bias-gradient reduction). `AlibiMLP` uses it only inside `torch.compile`: eagerly, a custom op's dispatch costs
 more host time than the kernel it saves (see alibi_cudnn.py's `_EagerCudnnAlibi`).
 
-Hub payload: imports only torch.
+Hub payload: imports only torch and its sibling alibi_ops.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from .alibi_ops import custom_op
 
 
 def _linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -30,11 +32,7 @@ def _linear_relu_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
-# One op name per copy of this file: the package and a Hub copy (transformers_modules...) may both be imported,
-# and an op name can be registered once per process.
-_SUFFIX = "".join(c if c.isalnum() else "_" for c in __name__)
-linear_relu = torch.library.custom_op("alibi_lm::linear_relu_" + _SUFFIX, mutates_args=())(_linear_relu)
-linear_relu.register_fake(_linear_relu_fake)
+linear_relu = custom_op("linear_relu", __name__, _linear_relu, _linear_relu_fake)
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:

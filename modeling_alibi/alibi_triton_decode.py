@@ -37,6 +37,7 @@ try:
 except ImportError as error:
     raise ImportError("alibi_triton_decode needs triton, which CUDA builds of PyTorch install") from error
 
+from .alibi_ops import custom_op
 from .alibi_triton_forward import _allowed_span, _device_guard, _interpreting
 
 __all__ = ["alibi_decode_attention", "decode_supported"]
@@ -242,11 +243,7 @@ def _fake_decode(query: torch.Tensor, *args) -> torch.Tensor:
     return torch.empty(query.shape, device=query.device, dtype=query.dtype)  # (b, h, q, d) contiguous
 
 
-# One op name per copy of this file: the package and a Hub copy (transformers_modules...) may both be imported,
-# and an op name can be registered once per process.
-_OP_NAME = "alibi_lm::decode_" + "".join(c if c.isalnum() else "_" for c in __name__)
-_decode_op = torch.library.custom_op(_OP_NAME, mutates_args=())(_decode)
-_decode_op.register_fake(_fake_decode)
+_decode_op = custom_op("decode", __name__, _decode, _fake_decode)
 
 
 def alibi_decode_attention(

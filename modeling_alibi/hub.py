@@ -32,6 +32,7 @@ PAYLOAD = (
     "alibi_adaptive.py",  # adaptive input and softmax
     "alibi_loss.py",  # the causal-LM loss in bounded memory
     "alibi_linear_relu.py",  # fc1 and ReLU as one GEMM when compiled
+    "alibi_ops.py",  # custom-op registration, one name per copy of a file
     "alibi_generation.py",  # chunked prefill, generate's mask hook and its fast greedy path
     "alibi_decoding.py",  # graph_generate: static cache, one CUDA graph per token
     "alibi_triton.py",  # fused ALiBi flash attention: entry point and autograd
