@@ -93,8 +93,7 @@ def run(ptx_dir: str | None) -> dict[str, dict]:
             result[label] = dict(instructions=sum(counts.values()), fingerprint=fingerprint, counts=counts)
             print(f"{label:24s} {result[label]['instructions']:6d} instructions  {fingerprint}", flush=True)
             if ptx_dir:
-                with open(os.path.join(ptx_dir, label.replace(" ", "_").replace("=", "-") + ".ptx"), "w") as f:
-                    f.write(ptx)
+                atomic_write_text(os.path.join(ptx_dir, label.replace(" ", "_").replace("=", "-") + ".ptx"), ptx)
     return result
 
 

@@ -186,8 +186,8 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
     for layer in model.model.layers:
         if experiment.get("fused_qkv"):
             layer.self_attn._project = _project_fused.__get__(layer.self_attn)
-        # AlibiMLP's forward as it was before compiled models fused fc1 and ReLU (alibi_linear_relu.py).
-        layer.mlp.fuse_relu = not experiment.get("separate_relu")
+        if experiment.get("separate_relu"):  # AlibiMLP's forward before compiled training fused fc1 and ReLU
+            layer.mlp.fuse_relu = False
     run = torch.compile(model, options=options) if options is not None else model
     # The loss alone compiled as a function, as alibi-lm train compiles its step (training.loop.training_loss), or
     # the compiled module, whose graph also outputs the logits and so takes a zero gradient for them.

@@ -49,6 +49,17 @@ def test_autocast_gives_the_dtype_linear_would():
     assert_close(fused, expected)
 
 
+def _recording_backend() -> tuple:
+    """(a torch.compile backend that runs dynamo's graphs as they are, the list of those graphs)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    return backend, graphs
+
+
 def _graph_ops(graphs: list) -> set[str]:
     return {str(node.target) for graph in graphs for node in graph.graph.nodes if node.op == "call_function"}
 
@@ -60,12 +71,7 @@ def test_compiled_training_on_the_fused_op_matches_eager(monkeypatch, use_bias, 
     monkeypatch.setattr(modeling, "FUSED_RELU_DEVICES", ("cpu",))
     eager = tiny_model(use_bias=use_bias, activation_dropout=0.0).train()
     model = copy.deepcopy(eager)
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    backend, graphs = _recording_backend()
     calls = []
     monkeypatch.setattr(modeling, "fused_linear_relu", lambda *args: calls.append(args) or fused_linear_relu(*args))
     ids = torch.randint(3, 99, (2, 12))
@@ -83,12 +89,8 @@ def test_compiled_training_on_the_fused_op_matches_eager(monkeypatch, use_bias, 
 def test_compiled_inference_keeps_the_separate_relu(monkeypatch):
     """Without gradients (decoding, evaluation) the compiled model keeps fc1 and ReLU apart, as measured."""
     monkeypatch.setattr(modeling, "FUSED_RELU_DEVICES", ("cpu",))
-    model, graphs = tiny_model(), []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    model = tiny_model()
+    backend, graphs = _recording_backend()
     ids = torch.randint(3, 99, (2, 12))
     with torch.no_grad():
         assert_close(torch.compile(model, backend=backend)(ids).logits, model(ids).logits)
