@@ -9,7 +9,7 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
   decode   batch-1 greedy steps after a 2,048-token prompt into a StaticCache: eager steps, steps compiled as
            generate() compiles them (mode="reduce-overhead": CUDA graphs), and the whole generate() call; wall
            ms per token and GPU-busy ms per token. A GPU busy far less than the wall is host overhead.
-  graph    `graph_generate` at 2,048 and 65,536 tokens of context, for each inductor setting in GRAPH_VARIANTS:
+  graph    `graph_generate` at 2,048 and 65,536 tokens of context (--contexts), for each setting in GRAPH_VARIANTS:
            compile time, prefill time (a 1-token call), per-token time (the difference of a 129-token and a
            1-token call, both reusing the kept graph) and the compiled step's GPU-busy time, launches and kernels.
   train    also `torch.compile(model, mode="reduce-overhead")` (CUDA graphs for forward and backward); other
@@ -135,7 +135,8 @@ TRAIN_VARIANTS = {
     },
     "compiled reduce-overhead loss-function separate-relu": {"triton.cudagraphs": True},
     # The mix-order reduction's split: inductor picks 16 rows per program at 8,192 rows on 132 SMs, leaving a
-    # (512, hidden) workspace for the ATen sum (66 launches, ~0.75 ms); a larger split leaves less to sum. Not run.
+    # (512, hidden) workspace for the ATen sum (66 launches, ~0.75 ms); a larger split leaves less to sum. Neither
+    # this nor the autotuned split moved the step beyond run-to-run noise (docs/benchmarks.md, fifteenth session).
     "compiled reduce-overhead loss-function mix-order-autotune": {
         "triton.cudagraphs": True,
         "triton.mix_order_reduction_autotune_split_size": True,
@@ -305,7 +306,7 @@ GRAPH_VARIANTS = {
 }
 
 
-def graph_part(result: dict, variants: list[str]) -> None:
+def graph_part(result: dict, variants: list[str], contexts: tuple[int, ...] = (2048, 65536)) -> None:
     model = build().eval()
     rows = result.setdefault("graph", [])
     # Compile each variant afresh: the caches key on the traced graph and inductor's options, not on the
@@ -318,7 +319,7 @@ def graph_part(result: dict, variants: list[str]) -> None:
         torch._dynamo.reset()
         decoding.COMPILE_OPTIONS = options
         decoding.ROW_MATMULS_AS_REDUCTIONS = row_reductions
-        for context in (2048, 65536):
+        for context in contexts:
             graph_row(rows, model, label, options, context)  # its inputs are freed on return
     decoding.release_decoders()
 
@@ -390,6 +391,7 @@ def main() -> None:
     parser.add_argument("--train-variants", default="eager,compiled,compiled reduce-overhead",
                         help=f"train part: any of {','.join(TRAIN_VARIANTS)}")
     parser.add_argument("--top", type=int, default=12, help="train part: how many of the busiest kernels to list")
+    parser.add_argument("--contexts", default="2048,65536", help="graph part: prompt lengths, comma-separated")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("step_profile.py needs a CUDA GPU.")
@@ -398,7 +400,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     for part in args.parts.split(","):
         if part == "graph":
-            graph_part(result, args.variants.split(","))
+            graph_part(result, args.variants.split(","), tuple(int(n) for n in args.contexts.split(",")))
         elif part == "train":
             train_part(result, args.train_variants.split(","), args.top)
         else:

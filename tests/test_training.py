@@ -85,6 +85,10 @@ def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / "final" / "model.safetensors")
 
 
+def checkpoint_weights(output_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "checkpoints" / f"step_{step}" / "model.safetensors")
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -322,12 +326,21 @@ def test_gpu_cuda_graph_training_follows_the_default_compiled_run(workdir: Path,
     assert sorted(actual) == [4, 8]
     for step in expected:
         assert abs(expected[step] - actual[step]) < 2e-3, (step, expected[step], actual[step])
-    weights = final_weights(plain.parent)
+    # AdamW's first steps move each weight by about the learning rate (1e-2) whatever its gradient's size, so a
+    # weight whose gradient sums to nearly 0 moves by the sign of cuDNN's rounding noise, and single elements of two
+    # correct runs differ by up to 2e-2 (elementwise tolerances failed on embed_tokens in 1 run of 4, session 15).
+    # So each tensor is compared by the norm of the runs' difference against the plain run's own last 4 updates:
+    # a lost or doubled micro-batch or a stale graph input moves a whole tensor by about that much.
+    start, weights = checkpoint_weights(plain.parent, 4), final_weights(plain.parent)
+    ratios = {}
     for name, tensor in final_weights(graphed.parent).items():
         # A key bias adds q . b to every score of a query's row, which softmax cancels: its true gradient is 0,
         # and AdamW turns the rounding noise left in its place into full-size steps that differ from run to run.
         if not name.endswith("k_proj.bias"):
-            torch.testing.assert_close(tensor, weights[name], rtol=2e-2, atol=2e-3, msg=name)
+            update = (weights[name] - start[name]).float().norm()
+            ratios[name] = float((tensor - weights[name]).float().norm() / update)
+    print("largest difference / update:", max(ratios.items(), key=lambda item: item[1]))
+    assert all(ratio < 0.1 for ratio in ratios.values()), {k: v for k, v in ratios.items() if v >= 0.1}
 
 
 def test_resume_reproduces_the_uninterrupted_run(workdir: Path, monkeypatch):
