@@ -189,13 +189,21 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
             layer.self_attn._project = _project_fused.__get__(layer.self_attn)
         if experiment.get("separate_relu"):  # AlibiMLP's forward before compiled training fused fc1 and ReLU
             layer.mlp.fuse_relu = False
-    run = torch.compile(model, options=options) if options is not None else model
+    row = dict(model=label)
+    if label == "compiled":  # explain compiles too; the reset keeps its graphs out of the timed model's
+        explained = torch._dynamo.explain(model)(input_ids=x, labels=x)
+        row.update(graphs=explained.graph_count, graph_breaks=explained.graph_break_count,
+                   break_reasons=[str(r.reason)[:200] for r in explained.break_reasons][:8])
+        torch._dynamo.reset()
     # The loss alone compiled as a function, as alibi-lm train compiles its step (training.loop.training_loss), or
-    # the compiled module, whose graph also outputs the logits and so takes a zero gradient for them.
-    compiled_loss = torch.compile(training_loss(model), options=options) if experiment.get("loss_function") else None
+    # the (compiled) module, whose graph also outputs the logits and so takes a zero gradient for them.
+    if experiment.get("loss_function"):
+        step_loss = torch.compile(training_loss(model), options=options)
+    else:
+        run = torch.compile(model, options=options) if options is not None else model
 
-    def loss_of(**batch: torch.Tensor) -> torch.Tensor:
-        return compiled_loss(**batch) if compiled_loss is not None else run(**batch).loss
+        def step_loss(**batch: torch.Tensor) -> torch.Tensor:
+            return run(**batch).loss
 
     whole = experiment.get("whole_step", False)
     # A captured optimizer step must keep its state on the GPU and read no host values (capturable=True).
@@ -203,17 +211,10 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
                             capturable=whole)
 
     def step():
-        loss_of(input_ids=x, labels=x).backward()
+        step_loss(input_ids=x, labels=x).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    row = dict(model=label)
-    if label == "compiled":
-        explained = torch._dynamo.explain(model)(input_ids=x, labels=x)
-        row.update(graphs=explained.graph_count, graph_breaks=explained.graph_break_count,
-                   break_reasons=[str(r.reason)[:200] for r in explained.break_reasons][:8])
-        torch._dynamo.reset()
-        run = torch.compile(model, options=options)
     try:
         start = time.perf_counter()
         step()  # compiles
