@@ -18,7 +18,9 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
            GEMM (`_project_fused`),
            the whole step, optimizer included, captured as one CUDA graph (`alibi_decoding._captured`), and the
            loss compiled as a function (`training.loop.training_loss`, what alibi-lm train compiles) instead
-           of the module; also inductor's own Triton-kernel tuning (coordinate descent, pointwise autotuning).
+           of the module, with the head fused into the loss (`skip_logits`, with alibi_triton_loss's kernel or
+           inductor's plain ops) or on full logits; also inductor's own Triton-kernel tuning (coordinate
+           descent, pointwise autotuning).
   prefill  a 1-token `graph_generate` call after a 2,048-token prompt: wall and GPU-busy ms, top kernels, and
            the host operators with the most CPU time of their own. Timed after three calls, so the prompt
            replays the CUDA graph its shape's second call captured (alibi_decoding._Decoder.start).
@@ -49,7 +51,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import StaticCache  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_alibi import AlibiConfig, AlibiForCausalLM  # noqa: E402
+from modeling_alibi import AlibiConfig, AlibiForCausalLM, alibi_loss  # noqa: E402
 from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
 
@@ -145,6 +147,10 @@ TRAIN_VARIANTS = {
         "triton.cudagraphs": True,
         "triton.mix_order_reduction_split_size": 64,
     },
+    # The loss function before the head was fused into the loss (session 16): full logits, F.cross_entropy; and
+    # the fused head with inductor's plain ops for the loss rows instead of alibi_triton_loss's kernel.
+    "compiled reduce-overhead loss-function full-logits": {"triton.cudagraphs": True},
+    "compiled reduce-overhead loss-function plain-ops-loss": {"triton.cudagraphs": True},
 }
 # What the experiment labels change besides inductor's options.
 EXPERIMENTS = {
@@ -161,6 +167,8 @@ EXPERIMENTS = {
     "compiled reduce-overhead loss-function separate-relu": dict(loss_function=True, separate_relu=True),
     "compiled reduce-overhead loss-function mix-order-autotune": dict(loss_function=True),
     "compiled reduce-overhead loss-function mix-order-split-64": dict(loss_function=True),
+    "compiled reduce-overhead loss-function full-logits": dict(loss_function=True, full_logits=True),
+    "compiled reduce-overhead loss-function plain-ops-loss": dict(loss_function=True, rows_kernel=False),
 }
 
 
@@ -197,7 +205,10 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
         torch._dynamo.reset()
     # The loss alone compiled as a function, as alibi-lm train compiles its step (training.loop.training_loss), or
     # the (compiled) module, whose graph also outputs the logits and so takes a zero gradient for them.
-    if experiment.get("loss_function"):
+    alibi_loss.ROWS_KERNEL_DEVICES = ("cuda",) if experiment.get("rows_kernel", True) else ()
+    if experiment.get("loss_function") and experiment.get("full_logits"):
+        step_loss = torch.compile(lambda **batch: model(**batch, use_cache=False).loss, options=options)
+    elif experiment.get("loss_function"):
         step_loss = torch.compile(training_loss(model), options=options)
     else:
         run = torch.compile(model, options=options) if options is not None else model

@@ -31,6 +31,7 @@ class AlibiCausalLMKwargs(AlibiModelKwargs, total=False):
 
     num_items_in_batch: torch.Tensor | int | None  # the loss is summed over the batch and divided by it
     shift_labels: torch.Tensor | None  # targets already aligned with positions (context parallelism): no shift
+    skip_logits: bool  # the loss alone (logits None), the head's GEMM fused into it (as Liger-Kernel's keyword)
 
 
 def reject_unknown(kwargs: dict, allowed: type, owner: str) -> None:

@@ -39,6 +39,7 @@ PAYLOAD = (
     "alibi_triton_forward.py",
     "alibi_triton_backward.py",
     "alibi_triton_decode.py",  # split-K decode kernel
+    "alibi_triton_loss.py",  # the training loss's rows and gradient in one read of the logits
     "alibi_cudnn.py",  # cuDNN's fused ALiBi (optional nvidia-cudnn-frontend)
 )
 

@@ -415,26 +415,35 @@ class AlibiForCausalLM(AlibiPreTrainedModel, AlibiGenerationMixin, GenerationMix
                 by it, so gradient accumulation weighs every target once, as transformers' own loss does.
             shift_labels: (keyword, from the Trainer under context parallelism) targets already aligned with the
                 positions, used instead of shifting `labels`.
+            skip_logits: (keyword) return the loss and no logits (None). With a plain softmax head and gradients
+                enabled, the head's GEMM, the loss and its gradient then run as one `linear_cross_entropy`, which
+                never keeps the (b, q, vocab) logits: what `alibi-lm train` uses. Needs labels and every position.
             Other arguments are those of [`AlibiModel.forward`].
         """
         cache = take_cache(cache, kwargs)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         shift_labels = kwargs.pop("shift_labels", None)
+        skip_logits = kwargs.pop("skip_logits", False)
         reject_unknown(kwargs, AlibiCausalLMKwargs, type(self).__name__)
+        wants_loss = labels is not None or shift_labels is not None
+        if skip_logits and not (wants_loss and isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError(
+                "skip_logits=True returns the loss alone: pass labels (or shift_labels) and leave logits_to_keep at 0."
+            )
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True,
         )
         hidden_states = outputs.last_hidden_state  # (b, q, d)
-        wants_loss = labels is not None or shift_labels is not None
-        logits, full = self._logits(hidden_states, logits_to_keep, wants_loss)
+        logits, full = (None, True) if skip_logits else self._logits(hidden_states, logits_to_keep, wants_loss)
         loss = None
         if wants_loss:
             embeddings = self.model.embed_tokens
             full_logits = logits if full and not self.is_adaptive else None
             loss = causal_lm_loss(
-                self.lm_head, embeddings, hidden_states, labels, shift_labels, full_logits, num_items_in_batch
+                self.lm_head, embeddings, hidden_states, labels, shift_labels, full_logits, num_items_in_batch,
+                fuse_head=skip_logits,
             )
         output = CausalLMOutputWithPast(
             loss=loss,

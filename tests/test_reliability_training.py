@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from transformers import get_scheduler
 
-from modeling_alibi import io_utils
+from modeling_alibi import alibi_loss, io_utils
 from modeling_alibi.errors import UserError
 from modeling_alibi.io_utils import DirectoryLockedError, DiskFullError, atomic_write_text, cleanup_staging
 from modeling_alibi.training import checkpoint, loop, train
@@ -433,16 +432,16 @@ def test_resume_and_overwrite_together_are_refused(corpus: Path, tmp_path: Path)
 
 
 def test_non_finite_loss_stops_training_at_that_step(corpus: Path, tmp_path: Path, monkeypatch):
-    """A NaN loss (here: the third training batch's cross-entropy) stops training naming the step, and nothing from
-    that step on is saved."""
-    real, calls = F.cross_entropy, []
+    """A NaN loss (here: the third training batch's cross-entropy, which the loop computes with the head fused into
+    the loss) stops training naming the step, and nothing from that step on is saved."""
+    real, calls = alibi_loss.linear_cross_entropy, []
 
     def cross_entropy(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss  # the third training batch: step 3
 
-    monkeypatch.setattr(F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(alibi_loss, "linear_cross_entropy", cross_entropy)
     out = tmp_path / "nan"
     with pytest.raises(loop.NonFiniteLossError, match=r"The training loss is nan at step 3; stopped"):
         train(args_for(corpus, out, save_every=1, validation_files=[]))
