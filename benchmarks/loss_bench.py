@@ -36,6 +36,7 @@ from modeling_alibi.training.loop import training_loss  # noqa: E402
 
 from cuda_timing import median_ms  # noqa: E402  (beside this file)
 
+
 def copy_gb_s() -> float:
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)

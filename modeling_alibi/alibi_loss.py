@@ -1,6 +1,7 @@
-"""The causal-LM loss and per-token log-probabilities, in bounded memory, for plain and adaptive softmax heads.
+"""The causal-LM loss and per-token log-probabilities, in bounded memory, for plain and adaptive softmax heads;
+and the training loss with the head fused into it (`linear_cross_entropy`).
 
-Hub payload: imports only torch, the standard library and alibi_adaptive.py.
+Hub payload: imports only torch, the standard library, alibi_adaptive.py and (inside `try`) alibi_triton_loss.py.
 """
 
 from __future__ import annotations
