@@ -12,7 +12,7 @@ for inductor's fusion of the same plain ops and 0.96 ms for compiled `F.cross_en
 
 One program per row: x = logits[row] (fp32), m = max(x), e = exp(x - m), s = sum(e);
 nll = m + log(s) - x[target]; grad = (e / s - one_hot(target)) / count. Rows whose target is -100 get nll 0 and a
-zero gradient. `count` is read from device memory, so the launch makes no host sync and CUDA graphs capture it.
+zero gradient; a target outside the vocabulary gives a NaN loss. `count` is read from device memory, so the launch makes no host sync and CUDA graphs capture it.
 
 Hub payload: imports only torch, triton (inside `try`) and its siblings alibi_ops.py and alibi_triton_forward.py.
 """
@@ -62,7 +62,10 @@ def _rows_kernel(logits_ptr, targets_ptr, count_ptr, nll_ptr, grad_ptr, vocab, B
     target = tl.load(targets_ptr + row)
     counted = target != _IGNORE_INDEX
     safe = tl.where(counted, target, 0)
-    x_target = tl.load(logits_ptr + row * vocab + safe).to(tl.float32)
+    # A target outside [0, vocab) reads nothing and makes the row's loss NaN (which the training loop reports),
+    # where F.cross_entropy would stop at a device-side assert.
+    valid = (safe >= 0) & (safe < vocab)
+    x_target = tl.load(logits_ptr + row * vocab + safe, mask=valid, other=float("nan")).to(tl.float32)
     tl.store(nll_ptr + row, tl.where(counted, m + tl.log(s) - x_target, 0.0))
     weight = tl.where(counted, 1.0 / tl.load(count_ptr).to(tl.float32), 0.0)
     grad = (e / s - tl.where(cols == safe, 1.0, 0.0)) * weight

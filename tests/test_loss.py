@@ -136,7 +136,8 @@ torch.save(results, sys.argv[2])
 
 def test_interpreted_rows_kernel_matches_float64_cross_entropy(tmp_path):
     """The kernel's per-row loss and gradient: a vocabulary that is not a power of two (a masked block tail),
-    ignored rows, an integer count; fp32 and fp16 logits."""
+    ignored rows, an integer count; fp32 and fp16 logits. A target outside the vocabulary gives that row a NaN
+    loss and leaves the others alone."""
     pytest.importorskip("triton")
     cases = {}
     for dtype in (torch.float32, torch.float16):
@@ -144,6 +145,9 @@ def test_interpreted_rows_kernel_matches_float64_cross_entropy(tmp_path):
         targets = torch.randint(0, 1000, (9,))
         targets[[2, 7]] = -100
         cases[str(dtype)] = (logits, targets, torch.tensor(7))
+    bad_targets = cases[str(torch.float32)][1].clone()
+    bad_targets[[0, 8]] = torch.tensor([1000, -5])  # past the vocabulary, and negative but not -100
+    cases["out of range"] = (cases[str(torch.float32)][0], bad_targets, torch.tensor(7))
     torch.save(cases, tmp_path / "inputs.pt")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
         "PYTHONPATH", "")])}
@@ -151,6 +155,10 @@ def test_interpreted_rows_kernel_matches_float64_cross_entropy(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"interpreter run failed:\n{run.stdout}\n{run.stderr}"
     results = torch.load(tmp_path / "out.pt")
+    rows, _ = results.pop("out of range")
+    cases.pop("out of range")
+    assert rows[[0, 8]].isnan().all() and not rows[1:8].isnan().any()
+    assert_close(rows[1:8], results[str(torch.float32)][0][1:8])
     for name, (logits, targets, count) in cases.items():
         x = logits.double().requires_grad_()
         nll = F.cross_entropy(x, targets, ignore_index=-100, reduction="none")
