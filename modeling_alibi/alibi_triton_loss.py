@@ -12,7 +12,8 @@ for inductor's fusion of the same plain ops and 0.96 ms for compiled `F.cross_en
 
 One program per row: x = logits[row] (fp32), m = max(x), e = exp(x - m), s = sum(e);
 nll = m + log(s) - x[target]; grad = (e / s - one_hot(target)) / count. Rows whose target is -100 get nll 0 and a
-zero gradient; a target outside the vocabulary gives a NaN loss. `count` is read from device memory, so the launch makes no host sync and CUDA graphs capture it.
+zero gradient; a target outside the vocabulary gives a NaN loss. `count` is read from device memory, so the launch
+makes no host sync and CUDA graphs capture it.
 
 Hub payload: imports only torch, triton (inside `try`) and its siblings alibi_ops.py and alibi_triton_forward.py.
 """
