@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .alibi_ops import custom_op
+from .alibi_ops import autocast_inputs, custom_op
 
 
 def _linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -53,8 +53,4 @@ linear_relu.register_autograd(_grad, setup_context=_setup_context)
 def fused_linear_relu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
     """relu(linear(x)) through `linear_relu`, with the dtypes autocast would give `F.linear` (custom ops pass
     through autocast uncast)."""
-    weight, bias = linear.weight, linear.bias
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
-    return linear_relu(x, weight, bias)
+    return linear_relu(*autocast_inputs(x, linear.weight, linear.bias))

@@ -1,7 +1,8 @@
 """The causal-LM loss and per-token log-probabilities, in bounded memory, for plain and adaptive softmax heads;
 and the training loss with the head fused into it (`linear_cross_entropy`).
 
-Hub payload: imports only torch, the standard library, alibi_adaptive.py and (inside `try`) alibi_triton_loss.py.
+Hub payload: imports only torch, the standard library, alibi_adaptive.py, alibi_ops.py and (inside `try`)
+alibi_triton_loss.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alibi_adaptive import LOG_PROB_BYTES, AlibiAdaptiveSoftmax
+from .alibi_ops import autocast_inputs
 
 try:  # a Triton kernel for the loss rows on CUDA; plain ops where triton is missing
     from .alibi_triton_loss import cross_entropy_rows, rows_supported
@@ -180,8 +182,6 @@ def linear_cross_entropy(
     Under autocast the GEMMs run in autocast's dtype, as `F.linear` would (an autograd.Function's inputs are not
     cast for it).
     """
-    if torch.is_autocast_enabled(hidden.device.type):
-        dtype = torch.get_autocast_dtype(hidden.device.type)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    hidden, weight = autocast_inputs(hidden, weight)
     count = torch.as_tensor(count, device=hidden.device)
     return _LinearCrossEntropy.apply(hidden, weight, targets, count)

@@ -1,4 +1,5 @@
-"""Registration of the payload's `torch.library` custom ops: cuDNN's ALiBi, the decode kernel, fc1 with its ReLU.
+"""Registration of the payload's `torch.library` custom ops (cuDNN's ALiBi, the decode kernel, fc1 with its ReLU,
+the loss rows), and the autocast cast their callers make.
 
 An op name can be registered once per process, and the package and a Hub copy of the same file
 (transformers_modules...) may both be imported, so each op's name carries the name of the module that defines it.
@@ -20,3 +21,13 @@ def custom_op(name: str, module_name: str, function: Callable, fake: Callable) -
     op = torch.library.custom_op(f"alibi_lm::{name}_{suffix}", mutates_args=())(function)
     op.register_fake(fake)
     return op
+
+
+def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`tensors` in autocast's dtype where autocast is on for their device, as `F.linear` would cast them: custom
+    ops and autograd.Functions receive their inputs uncast."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) for t in tensors)
