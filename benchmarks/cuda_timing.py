@@ -4,7 +4,8 @@
 benchmarks (attention_bench.py, triton_alibi_bench.py, decode_kernel_bench.py). `median_s` is model_bench.py's
 timer for the device rates (harness.py): CUDA events on a GPU, wall time on the CPU. `mean_ms` is the cuDNN probe's
 timing (shared/research/anchor-bench/cudnn_alibi_probe.py), used by cudnn_bench.py, and `host_us` the host cost per
-call at shapes where the GPU waits on the host (cudnn_bench.py, cudnn_host_profile.py). Not a script; it measures
+call at shapes where the GPU waits on the host (cudnn_bench.py, cudnn_host_profile.py). `copy_gb_s` is the kernel
+benchmarks' bandwidth floor (decode_kernel_bench.py, loss_bench.py). Not a script; it measures
 nothing by itself and prints nothing. It runs inside those scripts, e.g. on the GPU machine:
 
     HF_HUB_OFFLINE=1 python3 benchmarks/attention_bench.py --lengths 1024,4096
@@ -80,3 +81,11 @@ def host_us(fn: Callable[[], object], reps: int) -> float:
         fn()
     torch.cuda.synchronize()
     return 1e6 * (time.perf_counter() - start) / reps
+
+
+def copy_gb_s() -> float:
+    """Device-to-device copy bandwidth in GB/s (read + write) of a 2 GiB bf16 tensor, timed with `median_ms`."""
+    src = torch.empty(2**30, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), 10)
+    return 2 * src.numel() * 2 / ms / 1e6  # read + write

@@ -32,20 +32,13 @@ import modeling_alibi.alibi_triton_decode as decode  # noqa: E402
 from modeling_alibi.alibi_attention import eager_attention_forward  # noqa: E402
 from modeling_alibi.alibi_mask import AlibiAttentionMask, alibi_slopes  # noqa: E402
 
-from cuda_timing import median_ms  # noqa: E402
+from cuda_timing import copy_gb_s, median_ms  # noqa: E402
 
 GRID = dict(programs_per_sm=(2, 4, 8), block_n=(32, 64, 128), num_stages=(2, 3, 4), num_warps=(4, 8))
 SETTINGS = ("PROGRAMS_PER_SM", "BLOCK_N", "NUM_STAGES", "NUM_WARPS")  # GRID's names in the module
 REPEAT = 20
 SHOWN = 12  # fastest settings printed per context
 HEADS, HEAD_DIM, EMPTY_SLOTS = 8, 128, 136
-
-
-def copy_gb_s() -> float:
-    src = torch.empty(2**30, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), 10)
-    return 2 * src.numel() * 2 / ms / 1e6  # read + write
 
 
 def graphed_ms(fn) -> float:

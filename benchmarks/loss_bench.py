@@ -34,13 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM, alibi_loss, alibi_triton_loss  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
 
-from cuda_timing import median_ms  # noqa: E402  (beside this file)
-
-
-def copy_gb_s() -> float:
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / median_ms(lambda: dst.copy_(src), 10) / 1e6
+from cuda_timing import copy_gb_s, median_ms  # noqa: E402  (beside this file)
 
 
 def kernel_rows(rows: int, vocab: int) -> list[dict]:
