@@ -51,8 +51,9 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import StaticCache  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_alibi import AlibiConfig, AlibiForCausalLM, alibi_loss  # noqa: E402
+from modeling_alibi import AlibiConfig, AlibiForCausalLM, alibi_linear_relu, alibi_loss  # noqa: E402
 from modeling_alibi import alibi_decoding as decoding  # noqa: E402
+from modeling_alibi import modeling_alibi as modeling  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
 
 from cuda_timing import host_us  # noqa: E402  (beside this file)
@@ -151,6 +152,11 @@ TRAIN_VARIANTS = {
     # the fused head with inductor's plain ops for the loss rows instead of alibi_triton_loss's kernel.
     "compiled reduce-overhead loss-function full-logits": {"triton.cudagraphs": True},
     "compiled reduce-overhead loss-function plain-ops-loss": {"triton.cudagraphs": True},
+    # Session 17: the second residual add and LayerNorm of each layer as alibi_norm.add_layer_norm, and fc1's ReLU
+    # backward with its bias gradient as one kernel (alibi_triton_norm.py); each turned off, and both.
+    "compiled reduce-overhead loss-function no-norm-kernels": {"triton.cudagraphs": True},
+    "compiled reduce-overhead loss-function no-add-norm": {"triton.cudagraphs": True},
+    "compiled reduce-overhead loss-function no-relu-kernel": {"triton.cudagraphs": True},
 }
 # What the experiment labels change besides inductor's options.
 EXPERIMENTS = {
@@ -169,6 +175,10 @@ EXPERIMENTS = {
     "compiled reduce-overhead loss-function mix-order-split-64": dict(loss_function=True),
     "compiled reduce-overhead loss-function full-logits": dict(loss_function=True, full_logits=True),
     "compiled reduce-overhead loss-function plain-ops-loss": dict(loss_function=True, rows_kernel=False),
+    "compiled reduce-overhead loss-function no-norm-kernels": dict(loss_function=True, add_norm=False,
+                                                                   relu_kernel=False),
+    "compiled reduce-overhead loss-function no-add-norm": dict(loss_function=True, add_norm=False),
+    "compiled reduce-overhead loss-function no-relu-kernel": dict(loss_function=True, relu_kernel=False),
 }
 
 
@@ -206,6 +216,8 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
     # The loss alone compiled as a function, as alibi-lm train compiles its step (training.loop.training_loss), or
     # the (compiled) module, whose graph also outputs the logits and so takes a zero gradient for them.
     alibi_loss.ROWS_KERNEL_DEVICES = ("cuda",) if experiment.get("rows_kernel", True) else ()
+    modeling.FUSED_NORM_DEVICES = ("cuda",) if experiment.get("add_norm", True) else ()
+    alibi_linear_relu.RELU_KERNEL_DEVICES = ("cuda",) if experiment.get("relu_kernel", True) else ()
     if experiment.get("loss_function") and experiment.get("full_logits"):
         step_loss = torch.compile(lambda **batch: model(**batch, use_cache=False).loss, options=options)
     elif experiment.get("loss_function"):

@@ -6,11 +6,12 @@ model at 16 x 512 tokens on an H200. `torch._addmm_activation` applies the bias 
 Since ReLU commutes with rounding, the output is the same as the separate ops' for the same GEMM algorithm.
 
 Inductor splits `_addmm_activation` back into a GEMM and a pointwise kernel, and the op has no autograd formula,
-so it runs here as a `torch.library` custom op whose backward is plain ops (inductor fuses the ReLU mask into the
-bias-gradient reduction). `AlibiMLP` uses it only inside `torch.compile`: eagerly, a custom op's dispatch costs
-more host time than the kernel it saves (see alibi_cudnn.py's `_EagerCudnnAlibi`).
+so it runs here as a `torch.library` custom op. Its backward masks the gradient and sums it for the bias in one
+pass on CUDA (alibi_triton_norm.py), where inductor writes the masked gradient and then reads it again.
+`AlibiMLP` uses it only inside `torch.compile`: eagerly, a custom op's dispatch costs more host time than the
+kernel it saves (see alibi_cudnn.py's `_EagerCudnnAlibi`).
 
-Hub payload: imports only torch and its sibling alibi_ops.py.
+Hub payload: imports only torch and its siblings alibi_ops.py and (inside `try`) alibi_triton_norm.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from typing import Any
 import torch
 
 from .alibi_ops import autocast_inputs, custom_op
+
+try:  # ReLU's backward and the bias gradient in one pass on CUDA (alibi_triton_norm.py); plain ops without triton
+    from .alibi_triton_norm import relu_backward_with_bias
+except ImportError:
+    relu_backward_with_bias = None
+
+# Devices where the backward runs that kernel; () gives plain ops everywhere, which inductor fuses into two kernels.
+RELU_KERNEL_DEVICES = ("cuda",)
 
 
 def _linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -42,9 +51,13 @@ def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
 
 def _grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, weight, output = ctx.saved_tensors
-    grad = torch.where(output > 0, grad, 0)  # (..., d_out): ReLU's backward, as threshold_backward
-    flat = grad.reshape(-1, grad.shape[-1])  # (tokens, d_out)
-    return grad @ weight, flat.t() @ x.reshape(-1, x.shape[-1]), flat.sum(0)
+    flat, flat_output = grad.reshape(-1, grad.shape[-1]), output.reshape(-1, output.shape[-1])  # (tokens, d_out)
+    if flat.device.type in RELU_KERNEL_DEVICES and relu_backward_with_bias is not None:
+        flat, grad_bias = relu_backward_with_bias(flat.contiguous(), flat_output.contiguous())
+    else:
+        flat = torch.where(flat_output > 0, flat, 0)  # ReLU's backward, as threshold_backward
+        grad_bias = flat.sum(0)
+    return (flat @ weight).view(*grad.shape[:-1], -1), flat.t() @ x.reshape(-1, x.shape[-1]), grad_bias
 
 
 linear_relu.register_autograd(_grad, setup_context=_setup_context)

@@ -3,8 +3,9 @@
 The decoder layers and the model classes. What they read per call comes from alibi_mask.py (positions, padding,
 slopes: built once per forward), attention runs through alibi_attention.py's backends, the baselines' position
 encodings are in alibi_positions.py, adaptive input and softmax in alibi_adaptive.py, the loss in alibi_loss.py,
-the compiled feed-forward's fused GEMM and ReLU in alibi_linear_relu.py, chunked prefill and generate's mask hook
-in alibi_generation.py, and transformers' keyword and cache contract in alibi_kwargs.py.
+compiled training's fused fc1 and ReLU in alibi_linear_relu.py and its fused residual add and LayerNorm in
+alibi_norm.py, chunked prefill and generate's mask hook in alibi_generation.py, and transformers' keyword and
+cache contract in alibi_kwargs.py.
 
 Hub payload: hub.PAYLOAD lists the files. They import only torch, transformers, the standard library, triton
 (inside `try`) and each other, so `save_pretrained` ships them as remote code unchanged.
@@ -49,6 +50,7 @@ from .alibi_kwargs import (
 from .alibi_linear_relu import fused_linear_relu
 from .alibi_loss import causal_lm_loss, target_log_probs
 from .alibi_mask import AlibiAttentionMask, alibi_bias, alibi_slopes, build_attention_mask, tracing
+from .alibi_norm import add_layer_norm
 from .alibi_positions import add_positions, apply_rotary
 from .configuration_alibi import AlibiConfig
 
@@ -124,24 +126,22 @@ class AlibiMLP(nn.Module):
         self.fuse_relu = config.activation_function == "relu" and config.use_bias
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self._fused_relu(hidden_states):
+        # fc1's bias and ReLU in the GEMM's epilogue (the same values, one kernel fewer), measured at 0.4 ms of a
+        # 25 ms step. Decoding's compiled graphs keep the separate ReLU.
+        if self.fuse_relu and _compiled_training(hidden_states, FUSED_RELU_DEVICES):
             return self.fc2(self.dropout(fused_linear_relu(hidden_states, self.fc1)))
         return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
 
-    def _fused_relu(self, hidden_states: torch.Tensor) -> bool:
-        """fc1's bias and ReLU in the GEMM's epilogue (the same values, one kernel fewer): compiled training on a
-        GPU, where it was measured (0.4 ms of a 25 ms step). Decoding's compiled graphs keep the separate ReLU."""
-        return (
-            self.fuse_relu
-            and hidden_states.device.type in FUSED_RELU_DEVICES
-            and torch.is_grad_enabled()
-            and torch.compiler.is_compiling()
-        )
 
-
-# Where AlibiMLP runs fc1 and ReLU as one cuBLASLt GEMM (alibi_linear_relu.py). Only measured on CUDA; a CPU's
+# Where AlibiMLP runs fc1 and ReLU as one cuBLASLt GEMM (alibi_linear_relu.py), and pre-norm layers their second
+# residual add and LayerNorm as one node (alibi_norm.py), in compiled training. Only measured on CUDA; a CPU's
 # `_addmm_activation` is the GEMM and the ReLU anyway.
-FUSED_RELU_DEVICES = ("cuda",)
+FUSED_RELU_DEVICES = FUSED_NORM_DEVICES = ("cuda",)
+
+
+def _compiled_training(hidden_states: torch.Tensor, devices: tuple[str, ...]) -> bool:
+    """Training under torch.compile on one of `devices`: where the fused ops above were measured."""
+    return hidden_states.device.type in devices and torch.is_grad_enabled() and torch.compiler.is_compiling()
 
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -152,7 +152,6 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "swish": F.silu,
 }
-
 
 
 class AlibiDecoderLayer(GradientCheckpointingLayer):
@@ -179,17 +178,29 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
         if self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
         hidden_states, weights = self.self_attn(hidden_states, attention_mask, rotary, cache, output_attentions)
-        hidden_states = residual + self.dropout(hidden_states)
-        if not self.normalize_before:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
+        hidden_states = self.dropout(hidden_states)
         if self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
+            residual, hidden_states = self._add_and_norm(residual, hidden_states)
+        else:
+            residual = hidden_states = self.self_attn_layer_norm(residual + hidden_states)
+
         hidden_states = residual + self.dropout(self.mlp(hidden_states))
         if not self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, weights
+
+    def _add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual + delta, final_layer_norm of it). In compiled training with the norm's dtype throughout (no
+        autocast), one node whose backward makes one pass over the rows (alibi_norm.py), 0.5 ms of a 25 ms step."""
+        norm = self.final_layer_norm
+        if (
+            _compiled_training(delta, FUSED_NORM_DEVICES)
+            and not torch.is_autocast_enabled(delta.device.type)
+            and residual.dtype == delta.dtype == norm.weight.dtype
+        ):
+            return add_layer_norm(residual, delta, norm)
+        total = residual + delta
+        return total, norm(total)
 
 
 class AlibiPreTrainedModel(PreTrainedModel):

@@ -1,0 +1,73 @@
+"""The residual add and the LayerNorm after it as one autograd node (`add_layer_norm`), whose backward also
+returns the LayerNorm's weight and bias gradients from its one pass over the rows.
+
+Pre-norm blocks compute `total = residual + delta` and then `layer_norm(total)`, and the backward needs the
+LayerNorm's input gradient plus the residual stream's own. On CUDA both directions are alibi_triton_norm.py's
+kernels (why: see there); elsewhere, and for shapes or dtypes the kernels do not take, ATen's `native_layer_norm`
+and its backward. The decoder layer uses it only in compiled training on CUDA, with parameters in the dtype of the
+activations (no autocast, under which the LayerNorm would run in fp32): see `AlibiDecoderLayer`.
+
+Hub payload: imports only torch and (inside `try`) alibi_triton_norm.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+try:  # Triton kernels on CUDA; ATen's ops where triton is missing
+    from .alibi_triton_norm import add_layer_norm_backward, add_layer_norm_forward, norm_supported
+except ImportError:
+    add_layer_norm_backward = add_layer_norm_forward = norm_supported = None
+
+# Devices where the add and LayerNorm run as alibi_triton_norm's kernels; () gives ATen's ops everywhere.
+NORM_KERNEL_DEVICES = ("cuda",)
+
+
+def _kernels(rows: torch.Tensor, weight: torch.Tensor) -> bool:
+    return rows.device.type in NORM_KERNEL_DEVICES and norm_supported is not None and norm_supported(rows, weight)
+
+
+class _AddLayerNorm(torch.autograd.Function):
+    """(total, layer_norm(total)) of total = residual + delta, on (rows, hidden) rows."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, residual: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if _kernels(residual, weight):
+            total, normed, mean, rstd = add_layer_norm_forward(residual, delta, weight, bias, eps)
+        else:
+            total = residual + delta
+            normed, mean, rstd = torch.native_layer_norm(total, total.shape[-1:], weight, bias, eps)
+        ctx.save_for_backward(total, weight, bias, mean, rstd)
+        return total, normed
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor, grad_normed: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        total, weight, bias, mean, rstd = ctx.saved_tensors
+        grad_normed, grad_total = grad_normed.contiguous(), grad_total.contiguous()
+        if _kernels(total, weight):
+            grad, sums = add_layer_norm_backward(grad_normed, grad_total, total, weight, mean, rstd)
+            grad_weight, grad_bias = sums  # (hidden,) each
+        else:
+            grad, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
+                grad_normed, total, total.shape[-1:], mean, rstd, weight, bias, [True, True, True])
+            grad = grad + grad_total
+        return grad, grad, grad_weight, grad_bias, None
+
+
+def add_layer_norm(residual: torch.Tensor, delta: torch.Tensor, norm: nn.LayerNorm) -> tuple[torch.Tensor, ...]:
+    """(residual + delta, norm(residual + delta)) for (..., hidden) inputs of the norm's dtype, as one node.
+
+    The add rounds to the inputs' dtype before the LayerNorm reads it, as the separate ops do; the LayerNorm
+    computes in fp32. Needs an affine `norm` over the last dimension.
+    """
+    if norm.weight is None or norm.bias is None or len(norm.normalized_shape) != 1:
+        raise ValueError("add_layer_norm needs a LayerNorm with weight and bias over the last dimension")
+    shape = residual.shape
+    rows = (residual.reshape(-1, shape[-1]).contiguous(), delta.reshape(-1, shape[-1]).contiguous())  # (rows, hidden)
+    total, normed = _AddLayerNorm.apply(*rows, norm.weight, norm.bias, norm.eps)
+    return total.view(shape), normed.view(shape)
