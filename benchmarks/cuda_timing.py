@@ -5,8 +5,9 @@ benchmarks (attention_bench.py, triton_alibi_bench.py, decode_kernel_bench.py). 
 timer for the device rates (harness.py): CUDA events on a GPU, wall time on the CPU. `mean_ms` is the cuDNN probe's
 timing (shared/research/anchor-bench/cudnn_alibi_probe.py), used by cudnn_bench.py, and `host_us` the host cost per
 call at shapes where the GPU waits on the host (cudnn_bench.py, cudnn_host_profile.py). `copy_gb_s` is the kernel
-benchmarks' bandwidth floor (decode_kernel_bench.py, loss_bench.py). Not a script; it measures
-nothing by itself and prints nothing. It runs inside those scripts, e.g. on the GPU machine:
+benchmarks' bandwidth floor (decode_kernel_bench.py, loss_bench.py, norm_bench.py), and `gpu_busy` the sum of the
+kernels' own times under torch.profiler where host time would hide them (step_profile.py, norm_bench.py). Not a
+script; it measures nothing by itself and prints nothing. It runs inside those scripts, e.g. on the GPU machine:
 
     HF_HUB_OFFLINE=1 python3 benchmarks/attention_bench.py --lengths 1024,4096
 """
@@ -89,3 +90,19 @@ def copy_gb_s() -> float:
     dst = torch.empty_like(src)
     ms = median_ms(lambda: dst.copy_(src), 10)
     return 2 * src.numel() * 2 / ms / 1e6  # read + write
+
+
+def gpu_busy(fn: Callable[[], object], reps: int, top: int = 12) -> tuple[float, list[dict]]:
+    """GPU kernel ms per call (sum of kernel times; overlap is rare in one stream) and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in events) / 1e3 / reps
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    kernels = [dict(name=e.key[:90], ms=round(e.self_device_time_total / 1e3 / reps, 3), calls=e.count // reps)
+               for e in events[:top]]
+    return total, kernels

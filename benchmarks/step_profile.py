@@ -56,7 +56,7 @@ from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 from modeling_alibi import modeling_alibi as modeling  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
 
-from cuda_timing import host_us  # noqa: E402  (beside this file)
+from cuda_timing import gpu_busy, host_us  # noqa: E402  (beside this file)
 
 SIZES = dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=16, num_attention_heads=8, intermediate_size=4096)
 
@@ -79,20 +79,6 @@ def timed(fn, reps: int) -> float:
         torch.cuda.synchronize()
         times.append(1e3 * (time.perf_counter() - t0))
     return sorted(times)[len(times) // 2]
-
-
-def gpu_busy(fn, reps: int, top: int = 12) -> tuple[float, list]:
-    """GPU kernel ms per call (sum of kernel times; overlap is rare in one stream) and the top kernels."""
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
-    total = sum(e.self_device_time_total for e in events) / 1e3 / reps
-    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    kernels = [dict(name=e.key[:90], ms=round(e.self_device_time_total / 1e3 / reps, 3), calls=e.count // reps)
-               for e in events[:top]]
-    return total, kernels
 
 
 def print_top(kernels: list) -> None:

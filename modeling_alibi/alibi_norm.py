@@ -1,11 +1,16 @@
 """The residual add and the LayerNorm after it as one autograd node (`add_layer_norm`), whose backward also
 returns the LayerNorm's weight and bias gradients from its one pass over the rows.
 
-Pre-norm blocks compute `total = residual + delta` and then `layer_norm(total)`, and the backward needs the
-LayerNorm's input gradient plus the residual stream's own. On CUDA both directions are alibi_triton_norm.py's
-kernels (why: see there); elsewhere, and for shapes or dtypes the kernels do not take, ATen's `native_layer_norm`
-and its backward. The decoder layer uses it only in compiled training on CUDA, with parameters in the dtype of the
-activations (no autocast, under which the LayerNorm would run in fp32): see `AlibiDecoderLayer`.
+Pre-norm blocks compute `total = residual + delta` and then `layer_norm(total)` after attention, and the backward
+needs the LayerNorm's input gradient plus the residual stream's own. On CUDA both directions are
+alibi_triton_norm.py's kernels (why: see there); elsewhere, and for shapes or dtypes the kernels do not take, ATen's
+`native_layer_norm` and its backward. Pre-norm decoder layers use it in compiled training on CUDA where
+`add_layer_norm_applies`: see `AlibiDecoderLayer`.
+
+Only the LayerNorm after attention: the one before it normalizes the block's input, whose add (the previous
+block's last) inductor fuses into its own LayerNorm kernel, and whose gradient arrives as the sum of the q, k and v
+projections' three, which inductor adds inside its LayerNorm backward. As a node of its own it needed both adds as
+separate kernels, which cost what its one-pass backward saved (docs/benchmarks.md, seventeenth session).
 
 Hub payload: imports only torch and (inside `try`) alibi_triton_norm.py.
 """
@@ -59,8 +64,20 @@ class _AddLayerNorm(torch.autograd.Function):
         return grad, grad, grad_weight, grad_bias, None
 
 
+def add_layer_norm_applies(residual: torch.Tensor, delta: torch.Tensor, norm: nn.LayerNorm) -> bool:
+    """Whether `add_layer_norm` computes what the separate ops would: inputs in the norm's dtype and no autocast
+    (which would run the LayerNorm in fp32 and the add in mixed dtypes), an affine norm over the last dimension."""
+    return (
+        not torch.is_autocast_enabled(residual.device.type)
+        and residual.dtype == delta.dtype == getattr(norm.weight, "dtype", None)
+        and norm.bias is not None
+        and len(norm.normalized_shape) == 1
+    )
+
+
 def add_layer_norm(residual: torch.Tensor, delta: torch.Tensor, norm: nn.LayerNorm) -> tuple[torch.Tensor, ...]:
-    """(residual + delta, norm(residual + delta)) for (..., hidden) inputs of the norm's dtype, as one node.
+    """(residual + delta, norm(residual + delta)) for (..., hidden) inputs of the norm's dtype, as one node: its
+    backward adds the gradient that reaches the sum to the LayerNorm's input gradient in the same pass.
 
     The add rounds to the inputs' dtype before the LayerNorm reads it, as the separate ops do; the LayerNorm
     computes in fp32. Needs an affine `norm` over the last dimension.

@@ -32,6 +32,7 @@ PAYLOAD = (
     "alibi_adaptive.py",  # adaptive input and softmax
     "alibi_loss.py",  # the causal-LM loss in bounded memory
     "alibi_linear_relu.py",  # fc1 and ReLU as one GEMM when compiled
+    "alibi_norm.py",  # residual add and LayerNorm as one node in compiled training
     "alibi_ops.py",  # custom-op registration, one name per copy of a file
     "alibi_generation.py",  # chunked prefill, generate's mask hook and its fast greedy path
     "alibi_decoding.py",  # graph_generate: static cache, one CUDA graph per token
@@ -40,6 +41,7 @@ PAYLOAD = (
     "alibi_triton_backward.py",
     "alibi_triton_decode.py",  # split-K decode kernel
     "alibi_triton_loss.py",  # the training loss's rows and gradient in one read of the logits
+    "alibi_triton_norm.py",  # the LayerNorms' and ReLU's backward passes with their column sums
     "alibi_cudnn.py",  # cuDNN's fused ALiBi (optional nvidia-cudnn-frontend)
 )
 

@@ -50,7 +50,7 @@ from .alibi_kwargs import (
 from .alibi_linear_relu import fused_linear_relu
 from .alibi_loss import causal_lm_loss, target_log_probs
 from .alibi_mask import AlibiAttentionMask, alibi_bias, alibi_slopes, build_attention_mask, tracing
-from .alibi_norm import add_layer_norm
+from .alibi_norm import add_layer_norm, add_layer_norm_applies
 from .alibi_positions import add_positions, apply_rotary
 from .configuration_alibi import AlibiConfig
 
@@ -126,16 +126,14 @@ class AlibiMLP(nn.Module):
         self.fuse_relu = config.activation_function == "relu" and config.use_bias
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # fc1's bias and ReLU in the GEMM's epilogue (the same values, one kernel fewer), measured at 0.4 ms of a
-        # 25 ms step. Decoding's compiled graphs keep the separate ReLU.
+        # fc1's bias and ReLU in the GEMM's epilogue (the same values, one kernel fewer); not in decoding's graphs
         if self.fuse_relu and _compiled_training(hidden_states, FUSED_RELU_DEVICES):
             return self.fc2(self.dropout(fused_linear_relu(hidden_states, self.fc1)))
         return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
 
 
-# Where AlibiMLP runs fc1 and ReLU as one cuBLASLt GEMM (alibi_linear_relu.py), and pre-norm layers their second
-# residual add and LayerNorm as one node (alibi_norm.py), in compiled training. Only measured on CUDA; a CPU's
-# `_addmm_activation` is the GEMM and the ReLU anyway.
+# Where compiled training runs fc1 and ReLU as one cuBLASLt GEMM (alibi_linear_relu.py), and a pre-norm layer's
+# second residual add and LayerNorm as one node (alibi_norm.py). Only measured on CUDA.
 FUSED_RELU_DEVICES = FUSED_NORM_DEVICES = ("cuda",)
 
 
@@ -145,12 +143,8 @@ def _compiled_training(hidden_states: torch.Tensor, devices: tuple[str, ...]) ->
 
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-    "swish": F.silu,
+    "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
 
 
@@ -190,14 +184,10 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
         return hidden_states, weights
 
     def _add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(residual + delta, final_layer_norm of it). In compiled training with the norm's dtype throughout (no
-        autocast), one node whose backward makes one pass over the rows (alibi_norm.py), 0.5 ms of a 25 ms step."""
+        """(residual + delta, final_layer_norm of it). In compiled training, one node whose backward takes one pass
+        over the rows and adds the residual stream's gradient in it (alibi_norm.py)."""
         norm = self.final_layer_norm
-        if (
-            _compiled_training(delta, FUSED_NORM_DEVICES)
-            and not torch.is_autocast_enabled(delta.device.type)
-            and residual.dtype == delta.dtype == norm.weight.dtype
-        ):
+        if _compiled_training(residual, FUSED_NORM_DEVICES) and add_layer_norm_applies(residual, delta, norm):
             return add_layer_norm(residual, delta, norm)
         total = residual + delta
         return total, norm(total)
