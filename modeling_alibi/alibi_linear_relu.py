@@ -28,7 +28,9 @@ except ImportError:
     relu_backward_with_bias = None
 
 # Devices where the backward runs that kernel; () gives plain ops everywhere, which inductor fuses into two kernels.
+# The kernel sums in fp32, so float64 keeps the plain ops.
 RELU_KERNEL_DEVICES = ("cuda",)
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
 def _grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, weight, output = ctx.saved_tensors
     flat, flat_output = grad.reshape(-1, grad.shape[-1]), output.reshape(-1, output.shape[-1])  # (tokens, d_out)
-    if flat.device.type in RELU_KERNEL_DEVICES and relu_backward_with_bias is not None:
+    if flat.device.type in RELU_KERNEL_DEVICES and relu_backward_with_bias is not None and flat.dtype in _KERNEL_DTYPES:
         flat, grad_bias = relu_backward_with_bias(flat.contiguous(), flat_output.contiguous())
     else:
         flat = torch.where(flat_output > 0, flat, 0)  # ReLU's backward, as threshold_backward

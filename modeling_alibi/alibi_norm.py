@@ -42,7 +42,7 @@ class _AddLayerNorm(torch.autograd.Function):
     def forward(
         ctx: Any, residual: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if _kernels(residual, weight):
+        if delta.dtype == residual.dtype and _kernels(residual, weight):
             total, normed, mean, rstd = add_layer_norm_forward(residual, delta, weight, bias, eps)
         else:
             total = residual + delta

@@ -2,6 +2,9 @@
 
 import copy
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,6 +17,7 @@ import modeling_alibi  # noqa: F401  (registers the Auto classes)
 from modeling_alibi import AlibiConfig, AlibiForCausalLM
 
 VOCAB = 99
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(num_heads: int = 4, **overrides) -> AlibiConfig:
@@ -83,6 +87,19 @@ def assert_compiled_step_as_accurate_as_eager(base: AlibiForCausalLM, compiled_l
         eager_error = (eager_grads[name] - exact).abs().max() / scale
         compiled_error = (compiled_grads[name] - exact).abs().max() / scale
         assert compiled_error <= 2 * eager_error + 1e-3, f"{name}: {compiled_error:.4f} against eager {eager_error:.4f}"
+
+
+def run_interpreted(runner: str, cases: dict, tmp_path: Path) -> dict:
+    """`runner`'s results for `cases`, in a fresh interpreter under TRITON_INTERPRET=1 (Triton reads it when first
+    imported). The runner loads the cases from argv[1] and saves its results to argv[2], with torch.save."""
+    pytest.importorskip("triton")
+    torch.save(cases, tmp_path / "inputs.pt")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
+        "PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", runner, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"interpreter run failed:\n{run.stdout}\n{run.stderr}"
+    return torch.load(tmp_path / "out.pt")
 
 
 @pytest.fixture(autouse=True)

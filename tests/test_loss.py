@@ -8,10 +8,6 @@ before triton is imported; see test_alibi_triton.py).
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +18,7 @@ import modeling_alibi.alibi_loss as alibi_loss
 from modeling_alibi.alibi_loss import linear_cross_entropy
 from modeling_alibi.training.loop import training_loss
 
-from conftest import assert_compiled_step_as_accurate_as_eager, tiny_model
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import assert_compiled_step_as_accurate_as_eager, run_interpreted, tiny_model
 
 
 def _cross_entropy_and_grads(hidden, weight, targets, count, grad_loss, function):
@@ -138,7 +132,6 @@ def test_interpreted_rows_kernel_matches_float64_cross_entropy(tmp_path):
     """The kernel's per-row loss and gradient: a vocabulary that is not a power of two (a masked block tail),
     ignored rows, an integer count; fp32 and fp16 logits. A target outside the vocabulary gives that row a NaN
     loss and leaves the others alone."""
-    pytest.importorskip("triton")
     cases = {}
     for dtype in (torch.float32, torch.float16):
         logits = (torch.randn(9, 1000) * 3).to(dtype)
@@ -148,13 +141,7 @@ def test_interpreted_rows_kernel_matches_float64_cross_entropy(tmp_path):
     bad_targets = cases[str(torch.float32)][1].clone()
     bad_targets[[0, 8]] = torch.tensor([1000, -5])  # past the vocabulary, and negative but not -100
     cases["out of range"] = (cases[str(torch.float32)][0], bad_targets, torch.tensor(7))
-    torch.save(cases, tmp_path / "inputs.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
-        "PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", _RUNNER, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, f"interpreter run failed:\n{run.stdout}\n{run.stderr}"
-    results = torch.load(tmp_path / "out.pt")
+    results = run_interpreted(_RUNNER, cases, tmp_path)
     rows, _ = results.pop("out of range")
     cases.pop("out of range")
     assert rows[[0, 8]].isnan().all() and not rows[1:8].isnan().any()

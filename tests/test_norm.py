@@ -9,10 +9,6 @@ to nearest, so there it runs fp32 and fp16; bf16 runs on the GPU.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +20,7 @@ from modeling_alibi import alibi_linear_relu
 from modeling_alibi.alibi_norm import add_layer_norm
 from modeling_alibi.training.loop import training_loss
 
-from conftest import assert_compiled_step_as_accurate_as_eager, tiny_model
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import assert_compiled_step_as_accurate_as_eager, run_interpreted, tiny_model
 
 
 def _norm(width: int, dtype: torch.dtype, device: str = "cpu") -> torch.nn.LayerNorm:
@@ -124,20 +118,13 @@ torch.save(results, sys.argv[2])
 
 def test_interpreted_kernels_match_float64(tmp_path):
     """37 rows (not a multiple of any block), 96 and 600 columns (not powers of two), fp32 and fp16."""
-    pytest.importorskip("triton")
     cases = {}
     for dtype in (torch.float32, torch.float16):
         rows = [torch.randn(37, 96).to(dtype) for _ in range(4)]
         norm = _norm(96, dtype)
         grad, output = torch.randn(37, 600).to(dtype), torch.relu(torch.randn(37, 600)).to(dtype)
         cases[str(dtype)] = (rows[0], rows[1], norm.weight.detach(), norm.bias.detach(), rows[2], rows[3], grad, output)
-    torch.save(cases, tmp_path / "inputs.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
-        "PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", _RUNNER, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, f"interpreter run failed:\n{run.stdout}\n{run.stderr}"
-    results = torch.load(tmp_path / "out.pt")
+    results = run_interpreted(_RUNNER, cases, tmp_path)
     for name, (residual, delta, weight, bias, grad_total, grad_normed, grad, output) in cases.items():
         dtype = residual.dtype
         total, normed, grad_rows, sums, grad_in, grad_bias = results[name]
@@ -200,3 +187,41 @@ def test_gpu_compiled_training_on_the_norm_kernels_is_as_accurate_as_eager(monke
     assert_compiled_step_as_accurate_as_eager(
         base, lambda model: torch.compile(training_loss(model), mode="reduce-overhead"), ids, params)
     assert len(calls) == (base.config.num_hidden_layers if params == torch.bfloat16 else 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_backward_kernel_serves_float32_and_narrower_only(monkeypatch, dtype):
+    """The kernel sums the bias gradient in fp32, so a float64 step keeps the plain ops (on the CPU here, with the
+    kernel replaced by a recorder that computes the plain ops)."""
+    calls = []
+
+    def recorder(grad, output):
+        calls.append(grad.dtype)
+        masked = torch.where(output > 0, grad, 0)
+        return masked, masked.sum(0)
+
+    monkeypatch.setattr(modeling, "FUSED_RELU_DEVICES", ("cpu",))
+    monkeypatch.setattr(alibi_linear_relu, "RELU_KERNEL_DEVICES", ("cpu",))
+    monkeypatch.setattr(alibi_linear_relu, "relu_backward_with_bias", recorder)
+    model = tiny_model().to(dtype).train()
+    ids = torch.randint(3, 99, (2, 12))
+    torch.compile(training_loss(model))(input_ids=ids, labels=ids).backward()
+    assert calls == ([] if dtype == torch.float64 else [dtype] * model.config.num_hidden_layers)
+
+
+def test_add_layer_norm_of_mixed_dtypes_keeps_the_separate_ops(monkeypatch):
+    """The kernels write the sum in the residual's dtype; the separate ops promote (fp32 + bf16 is fp32). With the
+    kernels switched on for the CPU (a recorder in their place) mixed inputs still take ATen's ops."""
+    from modeling_alibi import alibi_norm
+
+    calls = []
+    monkeypatch.setattr(alibi_norm, "NORM_KERNEL_DEVICES", ("cpu",))
+    monkeypatch.setattr(alibi_norm, "norm_supported", lambda rows, weight: True)
+    monkeypatch.setattr(alibi_norm, "add_layer_norm_forward", lambda *args: calls.append(args) or pytest.fail())
+    norm = _norm(24, torch.float32)
+    residual, delta = torch.randn(3, 24), torch.randn(3, 24).bfloat16()
+    total, normed = add_layer_norm(residual, delta, norm)
+    expected_total, expected_normed = _separate(residual, delta, norm)
+    assert calls == [] and total.dtype == torch.float32
+    assert_close(total, expected_total)
+    assert_close(normed, expected_normed)
