@@ -23,14 +23,13 @@ import torch
 from .alibi_ops import autocast_inputs, custom_op
 
 try:  # ReLU's backward and the bias gradient in one pass on CUDA (alibi_triton_norm.py); plain ops without triton
-    from .alibi_triton_norm import relu_backward_with_bias
+    from .alibi_triton_norm import relu_backward_with_bias, relu_supported
 except ImportError:
-    relu_backward_with_bias = None
+    relu_backward_with_bias = relu_supported = None
 
-# Devices where the backward runs that kernel; () gives plain ops everywhere, which inductor fuses into two kernels.
-# The kernel sums in fp32, so float64 keeps the plain ops.
+# Devices where the backward runs that kernel (for the dtypes `relu_supported` takes); () gives plain ops everywhere,
+# which inductor fuses into two kernels.
 RELU_KERNEL_DEVICES = ("cuda",)
-_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -54,7 +53,7 @@ def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
 def _grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, weight, output = ctx.saved_tensors
     flat, flat_output = grad.reshape(-1, grad.shape[-1]), output.reshape(-1, output.shape[-1])  # (tokens, d_out)
-    if flat.device.type in RELU_KERNEL_DEVICES and relu_backward_with_bias is not None and flat.dtype in _KERNEL_DTYPES:
+    if flat.device.type in RELU_KERNEL_DEVICES and relu_supported is not None and relu_supported(flat):
         flat, grad_bias = relu_backward_with_bias(flat.contiguous(), flat_output.contiguous())
     else:
         flat = torch.where(flat_output > 0, flat, 0)  # ReLU's backward, as threshold_backward

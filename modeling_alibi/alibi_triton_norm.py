@@ -29,7 +29,9 @@ except ImportError as error:
 from .alibi_ops import custom_op
 from .alibi_triton_forward import _device_guard
 
-__all__ = ["add_layer_norm_backward", "add_layer_norm_forward", "norm_supported", "relu_backward_with_bias"]
+__all__ = [
+    "add_layer_norm_backward", "add_layer_norm_forward", "norm_supported", "relu_backward_with_bias", "relu_supported"
+]
 
 MAX_NORM_COLUMNS = 8192
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -51,6 +53,12 @@ def norm_supported(rows: torch.Tensor, weight: torch.Tensor) -> bool:
         and rows.shape[1] <= MAX_NORM_COLUMNS
         and rows.is_contiguous()
     )
+
+
+def relu_supported(grad: torch.Tensor) -> bool:
+    """Whether `relu_backward_with_bias` takes this (rows, columns) gradient: it sums in fp32, so not float64. The
+    caller picks the device."""
+    return grad.dim() == 2 and grad.dtype in SUPPORTED_DTYPES
 
 
 @triton.jit
@@ -211,7 +219,8 @@ def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tens
     n_rows, n_cols = grad.shape
     grad_in = torch.empty_like(grad)
     column_blocks = triton.cdiv(n_cols, RELU_COLUMNS)
-    # About PARTIAL_PROGRAMS programs in all: fewer row programs where the columns already give several blocks.
+    # About twice PARTIAL_PROGRAMS programs in all (each one is narrower than the LayerNorm's): fewer row programs
+    # where the columns already give several blocks.
     programs, per_program = _programs(n_rows, RELU_ROWS, max(1, 2 * PARTIAL_PROGRAMS // column_blocks))
     partial = torch.empty(programs, n_cols, device=grad.device, dtype=torch.float32)
     with _device_guard(grad):
