@@ -6,7 +6,7 @@ For model_bench's training step (16 x 512 tokens, hidden 1,024, fc1 4,096, bf16)
   * add + LayerNorm, forward and backward (the input gradient plus the residual's own, and the weight and bias
     gradients): `residual + delta` then `F.layer_norm`, compiled (inductor, its defaults: what the compiled step
     ran before alibi_norm.py), and alibi_norm.add_layer_norm on the kernels, for each setting of the kernels'
-    rows at once and programs (--norm-rows, --programs);
+    rows at once, the backward's programs and its warps (--norm-rows, --programs, --backward-warps);
   * ReLU's backward with the bias gradient: `where(output > 0, grad, 0)` and its column sum, compiled, and the
     kernel, for each block shape (--relu-blocks);
   * the floor: the bytes each must read and write, at the device-to-device copy bandwidth measured here.
@@ -14,7 +14,8 @@ Each row also gives its largest difference from the same computation in float64 
 
 Prints a table and writes norm_bench.json to --out (default $OUT or .). On the GPU machine:
 
-    HF_HUB_OFFLINE=1 python3 benchmarks/norm_bench.py [--norm-rows 1,2,4,8] [--programs 132,256,528] [--out DIR]
+    HF_HUB_OFFLINE=1 python3 benchmarks/norm_bench.py [--norm-rows 1,2,4,8] [--programs 132,256,528] \\
+        [--backward-warps 8,16] [--out DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from modeling_alibi.alibi_norm import add_layer_norm  # noqa: E402
 from cuda_timing import copy_gb_s, gpu_busy  # noqa: E402  (beside this file)
 
 ROWS, HIDDEN, FFN = 16 * 512, 1024, 4096
+SETTINGS = ("norm_rows", "partial_programs", "norm_backward_warps", "relu_rows", "relu_columns")
 
 
 def _error(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
@@ -44,13 +46,26 @@ def _error(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
 
 
 def _row(label: str, run, reference: list[torch.Tensor], floor_ms: float, **setting) -> dict:
+    """One table row: `run` with the kernels' module settings `setting` (names lowercased), restored after."""
+    saved = {name: getattr(kernels, name.upper()) for name in setting}
+    for name, value in setting.items():
+        setattr(kernels, name.upper(), value)
+    try:
+        return _timed_row(label, run, reference, floor_ms, **setting)
+    finally:
+        for name, value in saved.items():
+            setattr(kernels, name.upper(), value)
+
+
+def _timed_row(label: str, run, reference: list[torch.Tensor], floor_ms: float, **setting) -> dict:
     error = _error(list(run()), reference)
     ms, top = gpu_busy(run, 10, top=6)
     return dict(case=label, **setting, ms=round(ms, 4), floor_ms=round(floor_ms, 4), error=float(f"{error:.3g}"),
                 kernels=top)
 
 
-def norm_rows(rows_settings: list[int], program_settings: list[int], gb_s: float) -> list[dict]:
+def norm_rows(rows_settings: list[int], program_settings: list[int], warp_settings: list[int], gb_s: float
+              ) -> list[dict]:
     dtype = torch.bfloat16
     residual, delta = (torch.randn(ROWS, HIDDEN, device="cuda", dtype=dtype) for _ in range(2))
     grads = [torch.randn(ROWS, HIDDEN, device="cuda", dtype=dtype) for _ in range(2)]  # for total, normed
@@ -79,9 +94,9 @@ def norm_rows(rows_settings: list[int], program_settings: list[int], gb_s: float
     fused = step(lambda r, d: add_layer_norm(r, d, norm))
     for rows in rows_settings:
         for programs in program_settings:
-            kernels.NORM_ROWS, kernels.PARTIAL_PROGRAMS = rows, programs
-            out.append(_row("add_layer_norm kernels", fused, reference, floor_ms, rows=rows, programs=programs))
-    kernels.NORM_ROWS, kernels.PARTIAL_PROGRAMS = 4, 256
+            for warps in warp_settings:
+                out.append(_row("add_layer_norm kernels", fused, reference, floor_ms, norm_rows=rows,
+                                partial_programs=programs, norm_backward_warps=warps))
     return out
 
 
@@ -99,10 +114,8 @@ def relu_rows(blocks: list[tuple[int, int]], gb_s: float) -> list[dict]:
     compiled = torch.compile(plain)
     out = [_row("compiled where + sum (inductor)", lambda: compiled(grad, output), reference, floor_ms)]
     for rows, columns in blocks:
-        kernels.RELU_ROWS, kernels.RELU_COLUMNS = rows, columns
         out.append(_row("relu_backward_with_bias kernel", lambda: kernels._relu_backward(grad, output), reference,
-                        floor_ms, rows=rows, columns=columns))
-    kernels.RELU_ROWS, kernels.RELU_COLUMNS = 16, 512
+                        floor_ms, relu_rows=rows, relu_columns=columns))
     return out
 
 
@@ -110,11 +123,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--norm-rows", default="1,2,4,8", help="rows each program of the LayerNorm kernels holds")
     parser.add_argument("--programs", default="132,256,528", help="programs of the LayerNorm backward")
+    parser.add_argument("--backward-warps", default="8,16", help="the most warps of the LayerNorm backward")
     parser.add_argument("--relu-blocks", default="16x512,8x1024,32x256,8x512", help="rows x columns per program")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
     gb_s = copy_gb_s()
-    numbers = [[int(n) for n in text.split(",")] for text in (args.norm_rows, args.programs)]
+    numbers = [[int(n) for n in text.split(",")] for text in (args.norm_rows, args.programs, args.backward_warps)]
     blocks = [tuple(int(n) for n in block.split("x")) for block in args.relu_blocks.split(",")]
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, copy_gb_s=round(gb_s),
                   norm=norm_rows(*numbers, gb_s), relu=relu_rows(blocks, gb_s))
@@ -123,8 +137,8 @@ def main() -> None:
                         ("relu", f"{ROWS} x {FFN} bf16, ReLU backward and bias gradient")):
         print(f"[{part}] {title}")
         for row in result[part]:
-            setting = ", ".join(f"{k} {row[k]}" for k in ("rows", "programs", "columns") if k in row)
-            print(f"  {row['case']:40s} {setting:22s} {row['ms']:8.4f} ms  floor {row['floor_ms']:.4f} "
+            setting = ", ".join(f"{k.split('_')[-1]} {row[k]}" for k in SETTINGS if k in row)
+            print(f"  {row['case']:32s} {setting:30s} {row['ms']:8.4f} ms  floor {row['floor_ms']:.4f} "
                   f"({row['floor_ms'] / row['ms']:.2f} of it)  error {row['error']}")
             for kernel in row["kernels"]:
                 print(f"      {kernel['ms']:7.4f} ms x{kernel['calls']} {kernel['name'][:70]}")

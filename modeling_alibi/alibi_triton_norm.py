@@ -35,11 +35,17 @@ __all__ = [
 
 MAX_NORM_COLUMNS = 8192
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Programs of the backward kernels: each owns a contiguous run of rows and writes one row of partial sums. Enough
+# Programs of the LayerNorm backward: each owns a contiguous run of rows and writes one row of partial sums. Enough
 # to fill an H200 (132 SMs) about twice; more would make the partial sums (programs x columns x 4 bytes) larger.
-PARTIAL_PROGRAMS = 256
-NORM_ROWS = 4  # rows a program holds at once, (NORM_ROWS, columns)
+PARTIAL_PROGRAMS = 264
+NORM_ROWS = 2  # rows a program holds at once, (NORM_ROWS, columns)
+# Warps of the LayerNorm backward (fewer where rows are narrow: at least 4 values a thread). It holds two blocks of
+# rows, the one it reduces and the next one's loads: at 2 x 1,024, 16 warps take 64 registers a thread (ptxas), so
+# an SM runs two programs. With PARTIAL_PROGRAMS and NORM_ROWS, the fastest of twelve settings on an H200
+# (benchmarks/norm_bench.py, eighteenth session).
+NORM_BACKWARD_WARPS = 16
 RELU_ROWS, RELU_COLUMNS = 16, 512  # the ReLU backward's block
+RELU_PROGRAMS = 512  # about this many ReLU backward programs in all, row runs times column blocks
 
 
 def norm_supported(rows: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -85,6 +91,20 @@ def _add_norm_forward_kernel(residual_ptr, delta_ptr, weight_ptr, bias_ptr, tota
 
 
 @triton.jit
+def _load_norm_rows(grad_normed_ptr, grad_total_ptr, total_ptr, mean_ptr, rstd_ptr, rows, cols, end, n_cols):
+    """The backward's inputs for (ROWS, 1) `rows` below `end`: x, dy and the residual's gradient (ROWS, BLOCK) in
+    their dtype, mean and rstd (ROWS, 1) fp32; zeros outside."""
+    inside = (rows < end) & (cols < n_cols)
+    offsets = rows.to(tl.int64) * n_cols + cols
+    x = tl.load(total_ptr + offsets, mask=inside, other=0.0)
+    dy = tl.load(grad_normed_ptr + offsets, mask=inside, other=0.0)
+    grad_total = tl.load(grad_total_ptr + offsets, mask=inside, other=0.0)
+    mean = tl.load(mean_ptr + rows, mask=rows < end, other=0.0)
+    rstd = tl.load(rstd_ptr + rows, mask=rows < end, other=0.0)
+    return x, dy, grad_total, mean, rstd
+
+
+@triton.jit
 def _add_norm_backward_kernel(grad_normed_ptr, grad_total_ptr, total_ptr, weight_ptr, mean_ptr, rstd_ptr,
                               grad_ptr, partial_ptr, n_rows, n_cols, rows_per_program,
                               BLOCK: tl.constexpr, ROWS: tl.constexpr):
@@ -94,23 +114,29 @@ def _add_norm_backward_kernel(grad_normed_ptr, grad_total_ptr, total_ptr, weight
     grad_weight = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
     grad_bias = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
     first = program * rows_per_program
-    for start in range(first, first + rows_per_program, ROWS):
-        rows = start + tl.arange(0, ROWS)[:, None]  # (ROWS, 1)
-        inside = (rows < n_rows) & (cols < n_cols)
-        offsets = rows.to(tl.int64) * n_cols + cols
-        x = tl.load(total_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        dy = tl.load(grad_normed_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=rows < n_rows, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
-        x_hat = tl.where(inside, (x - mean) * rstd, 0.0)
-        dy_w = dy * weight
+    end = tl.minimum(first + rows_per_program, n_rows)
+    rows = first + tl.arange(0, ROWS)[:, None]  # (ROWS, 1)
+    # Each iteration loads the next ROWS rows before it reduces the current ones (by hand: Triton's pipeliner
+    # does not stage these loads), so that two blocks of loads are in flight: one block at a time, the kernel
+    # read at half the copy rate (docs/benchmarks.md, seventeenth and eighteenth sessions).
+    x, dy, grad_total, mean, rstd = _load_norm_rows(grad_normed_ptr, grad_total_ptr, total_ptr, mean_ptr, rstd_ptr,
+                                                    rows, cols, end, n_cols)
+    for _ in range(first, first + rows_per_program, ROWS):
+        after = _load_norm_rows(grad_normed_ptr, grad_total_ptr, total_ptr, mean_ptr, rstd_ptr, rows + ROWS, cols,
+                                end, n_cols)
+        inside = (rows < end) & (cols < n_cols)
+        dy_f = dy.to(tl.float32)
+        x_hat = tl.where(inside, (x.to(tl.float32) - mean) * rstd, 0.0)
+        dy_w = dy_f * weight
         # d x = rstd * (dy_w - mean(dy_w) - x_hat * mean(dy_w * x_hat)), LayerNorm's input gradient
         dx = (dy_w - tl.sum(dy_w, axis=1)[:, None] / n_cols
               - x_hat * (tl.sum(dy_w * x_hat, axis=1)[:, None] / n_cols)) * rstd
-        dx += tl.load(grad_total_ptr + offsets, mask=inside, other=0.0).to(tl.float32)  # the residual stream's own
-        tl.store(grad_ptr + offsets, dx.to(grad_ptr.dtype.element_ty), mask=inside)
-        grad_weight += dy * x_hat
-        grad_bias += dy
+        dx += grad_total.to(tl.float32)  # the residual stream's own
+        tl.store(grad_ptr + rows.to(tl.int64) * n_cols + cols, dx.to(grad_ptr.dtype.element_ty), mask=inside)
+        grad_weight += dy_f * x_hat
+        grad_bias += dy_f
+        x, dy, grad_total, mean, rstd = after
+        rows += ROWS
     # This program's partial sums: row `program` of a (programs, 2, columns) block.
     partial = partial_ptr + program.to(tl.int64) * 2 * n_cols + tl.arange(0, BLOCK)
     tl.store(partial, tl.sum(grad_weight, axis=0), mask=tl.arange(0, BLOCK) < n_cols)
@@ -156,10 +182,12 @@ def _programs(n_rows: int, rows_at_once: int, programs: int) -> tuple[int, int]:
 
 
 def _sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(n_partials, n) fp32 -> (n,) in `dtype`. Narrow column blocks, so that there are many programs."""
+    """(n_partials, n) fp32 -> (n,) in `dtype`. Narrow column blocks, so that there are many programs, each
+    reading all its rows at once (up to 256 of them): in 64-row steps the 256 partials took 4 µs a call."""
     n_partials, n = partial.shape
     out = torch.empty(n, device=partial.device, dtype=dtype)
-    _sum_partials_kernel[(triton.cdiv(n, 32),)](partial, out, n_partials, n, BLOCK_ROWS=64, BLOCK_COLS=32)
+    block_rows = min(256, triton.next_power_of_2(max(n_partials, 1)))
+    _sum_partials_kernel[(triton.cdiv(n, 16),)](partial, out, n_partials, n, BLOCK_ROWS=block_rows, BLOCK_COLS=16)
     return out
 
 
@@ -201,7 +229,7 @@ def _add_norm_backward(
     with _device_guard(total):
         _add_norm_backward_kernel[(programs,)](
             grad_normed, grad_total, total, weight, mean, rstd, grad, partial, n_rows, n_cols, per_program,
-            BLOCK=block, ROWS=NORM_ROWS, num_warps=_norm_warps(block))
+            BLOCK=block, ROWS=NORM_ROWS, num_warps=min(NORM_BACKWARD_WARPS, _norm_warps(block, 4)))
         sums = _sum_partials(partial, weight.dtype).view(2, n_cols)  # the weight's gradient, then the bias's
     return grad, sums
 
@@ -210,18 +238,17 @@ def _add_norm_backward_fake(grad_normed, grad_total, total, weight, mean, rstd):
     return torch.empty_like(total), weight.new_empty(2, weight.shape[0])
 
 
-def _norm_warps(block: int) -> int:
-    """Warps for a (NORM_ROWS, block) tile: about 16 values a thread."""
-    return min(16, max(4, NORM_ROWS * block // 512))
+def _norm_warps(block: int, values_per_thread: int = 16) -> int:
+    """Warps for a (NORM_ROWS, block) tile: about `values_per_thread` values a thread, 4 to 16 warps."""
+    return min(16, max(4, NORM_ROWS * block // (32 * values_per_thread)))
 
 
 def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n_rows, n_cols = grad.shape
     grad_in = torch.empty_like(grad)
     column_blocks = triton.cdiv(n_cols, RELU_COLUMNS)
-    # About twice PARTIAL_PROGRAMS programs in all (each one is narrower than the LayerNorm's): fewer row programs
-    # where the columns already give several blocks.
-    programs, per_program = _programs(n_rows, RELU_ROWS, max(1, 2 * PARTIAL_PROGRAMS // column_blocks))
+    # Fewer row runs where the columns already give several blocks.
+    programs, per_program = _programs(n_rows, RELU_ROWS, max(1, RELU_PROGRAMS // column_blocks))
     partial = torch.empty(programs, n_cols, device=grad.device, dtype=torch.float32)
     with _device_guard(grad):
         _relu_backward_kernel[(programs, column_blocks)](

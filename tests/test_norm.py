@@ -109,6 +109,7 @@ from modeling_alibi import alibi_triton_norm as kernels
 results = {}
 for name, case in torch.load(sys.argv[1]).items():
     residual, delta, weight, bias, grad_total, grad_normed, grad, output = case
+    kernels.PARTIAL_PROGRAMS = kernels.RELU_PROGRAMS = int(name.split("/")[1])
     total, normed, mean, rstd = kernels._add_norm_forward(residual, delta, weight, bias, 1e-5)
     results[name] = (total, normed, *kernels._add_norm_backward(grad_normed, grad_total, total, weight, mean, rstd),
                      *kernels._relu_backward(grad, output))
@@ -117,13 +118,17 @@ torch.save(results, sys.argv[2])
 
 
 def test_interpreted_kernels_match_float64(tmp_path):
-    """37 rows (not a multiple of any block), 96 and 600 columns (not powers of two), fp32 and fp16."""
+    """37 rows (not a multiple of any block), 96 and 600 columns (not powers of two), fp32 and fp16. With the
+    default programs each backward program takes one block of rows; with 3, several, and the last one fewer (the
+    LayerNorm backward's loop loads the next block while it reduces this one: run to its end)."""
     cases = {}
     for dtype in (torch.float32, torch.float16):
         rows = [torch.randn(37, 96).to(dtype) for _ in range(4)]
         norm = _norm(96, dtype)
         grad, output = torch.randn(37, 600).to(dtype), torch.relu(torch.randn(37, 600)).to(dtype)
-        cases[str(dtype)] = (rows[0], rows[1], norm.weight.detach(), norm.bias.detach(), rows[2], rows[3], grad, output)
+        for programs in (264, 3):  # PARTIAL_PROGRAMS and RELU_PROGRAMS, set by the runner from the case's name
+            cases[f"{dtype}/{programs}"] = (rows[0], rows[1], norm.weight.detach(), norm.bias.detach(), rows[2],
+                                            rows[3], grad, output)
     results = run_interpreted(_RUNNER, cases, tmp_path)
     for name, (residual, delta, weight, bias, grad_total, grad_normed, grad, output) in cases.items():
         dtype = residual.dtype
