@@ -40,6 +40,10 @@ def kernels(monkeypatch) -> list[str]:
     monkeypatch.setattr(attention, "_cudnn_supported", lambda q, k: q.dtype in HALF and q.shape[-1] % 8 == 0)
     monkeypatch.setattr(attention, "_triton_supported", lambda q: True)
     monkeypatch.setattr(attention, "_decode_supported", lambda q: q.dtype in HALF)
+    # The Triton kernels never run on the CPU, and without triton (the CPU build of torch has none) they are None,
+    # which the choice reads as absent: stand-ins that fail if called keep it the same with and without triton.
+    for name in ("alibi_flash_attention", "alibi_decode_attention"):
+        monkeypatch.setattr(attention, name, lambda *args, name=name, **kwargs: pytest.fail(f"{name} ran on the CPU"))
     monkeypatch.setattr(attention, "alibi_cudnn_attention", cudnn_semantics)
     real = attention.choose_kernel
 
