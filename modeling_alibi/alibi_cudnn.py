@@ -28,6 +28,12 @@ Layout: the graphs are built for (b, h, s, d) views of (b, s, h, d)-contiguous m
 model's projections `(b, s, h, d).transpose(1, 2)`, which therefore go in without a copy; any other strides are
 copied into it first. The output and the gradients come back in that layout too.
 
+Packed: `alibi_cudnn_attention_packed` takes one (b, s, 3 * h * d) tensor, the output of q, k and v projected as
+one GEMM, and reads q, k and v from it in place (rows of 3 * h * d elements); its backward writes their gradients
+into one tensor of that layout, which the projection's backward reads as one GEMM input. Separate q, k and v views
+of such a tensor would need a copy each way: the custom ops cannot return gradients that share memory, and
+autograd would concatenate three separate ones.
+
 Each (shape, dtype, device, scale) builds one forward and one backward cuDNN graph on first use (60-100 ms each on
 an H200; benchmarks/cudnn_bench.py prints it; the process's first call also loads the frontend, about 0.5 s),
 cached for the process: paid once for training's fixed shape, once per new length for prompts. Kernels run on
@@ -51,7 +57,7 @@ import torch
 
 from .alibi_ops import custom_op
 
-__all__ = ["alibi_cudnn_attention", "is_supported"]
+__all__ = ["alibi_cudnn_attention", "alibi_cudnn_attention_packed", "is_supported"]
 
 try:  # the tracer's dispatch mode (make_fx, export), if any; private, so absent means "never traced this way"
     from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
@@ -111,9 +117,11 @@ def is_supported(query: torch.Tensor, key: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _bshd_strides(b: int, h: int, s: int, d: int) -> tuple[int, int, int, int]:
-    """Strides of a (b, h, s, d) view of (b, s, h, d)-contiguous memory."""
-    return (s * h * d, d, h * d, 1)
+def _bshd_strides(b: int, h: int, s: int, d: int, row: int | None = None) -> tuple[int, int, int, int]:
+    """Strides of a (b, h, s, d) view of (b, s, h, d)-contiguous memory, or of memory whose token rows are `row`
+    elements apart (3 * h * d for q, k or v inside a packed projection)."""
+    row = h * d if row is None else row
+    return (s * row, d, row, 1)
 
 
 def _as_bshd(x: torch.Tensor) -> torch.Tensor:
@@ -182,9 +190,11 @@ def _finish(cudnn: Any, graph: Any) -> None:
     graph.build_plans()
 
 
-def _build(cudnn: Any, handle: Any, backward: bool, shape: tuple[int, ...], dtype: torch.dtype, scale: float):
+def _build(
+    cudnn: Any, handle: Any, backward: bool, shape: tuple[int, ...], dtype: torch.dtype, scale: float, row: int
+):
     """(graph, its tensors' uids in binding order, workspace bytes) for one direction at one shape."""
-    graph, uids = _define(cudnn, handle, backward, shape, dtype, scale)
+    graph, uids = _define(cudnn, handle, backward, shape, dtype, scale, row=row)
     _finish(cudnn, graph)
     return graph, uids, graph.get_workspace_size()
 
@@ -198,14 +208,18 @@ def _define(
     scale: float,
     alibi: bool = True,
     left_band: int | None = None,
+    row: int | None = None,
 ) -> tuple[Any, tuple[int, ...]]:
     """(graph before planning, its tensors' uids in binding order).
 
-    For benchmarks only: `alibi=False` drops the bias; `left_band` keeps query i to keys i - j < left_band (one
-    window for all heads, so not the model's per-head `alibi_truncation`: benchmarks/cudnn_band_bench.py).
+    q, k, v and their gradients have token rows `row` elements apart (`_bshd_strides`; None: h * d), the output
+    and its gradient h * d. For benchmarks only: `alibi=False` drops the bias; `left_band` keeps query i to keys
+    i - j < left_band (one window for all heads, so not the model's per-head `alibi_truncation`:
+    benchmarks/cudnn_band_bench.py).
     """
     b, h, s, d = shape
     layout = dict(dim=[b, h, s, d], stride=list(_bshd_strides(b, h, s, d)))
+    inputs = dict(dim=[b, h, s, d], stride=list(_bshd_strides(b, h, s, d, row)))
     stats_layout = dict(dim=[b, h, s, 1], stride=[h * s, s, 1, 1], data_type=cudnn.data_type.FLOAT)
     mask = dict(attn_scale=scale, use_causal_mask=True, use_alibi_mask=alibi)
     if left_band is not None:
@@ -213,7 +227,7 @@ def _define(
     graph = _new_graph(cudnn, handle, dtype)
     # Uids name the operands, so a call binds its buffers as an ordered list (the frontend's fast path). The
     # numbers are those of the frontend's own torch op (cudnn/sdpa/fwd/torch_op.py).
-    q, k, v = (graph.tensor(name=name, uid=uid, **layout) for uid, name in ((1, "q"), (2, "k"), (3, "v")))
+    q, k, v = (graph.tensor(name=name, uid=uid, **inputs) for uid, name in ((1, "q"), (2, "k"), (3, "v")))
     if not backward:
         out, stats = graph.sdpa(name="alibi_sdpa", q=q, k=k, v=v, generate_stats=True, **mask)
         out.set_uid(100).set_output(True).set_dim(layout["dim"]).set_stride(layout["stride"])
@@ -225,12 +239,13 @@ def _define(
         grad_out = graph.tensor(name="dO", uid=200, **layout)
         dq, dk, dv = graph.sdpa_backward(name="alibi_sdpa_bwd", q=q, k=k, v=v, o=out, dO=grad_out, stats=stats, **mask)
         for uid, grad in enumerate((dq, dk, dv), start=201):
-            grad.set_uid(uid).set_output(True).set_dim(layout["dim"]).set_stride(layout["stride"])
+            grad.set_uid(uid).set_output(True).set_dim(inputs["dim"]).set_stride(inputs["stride"])
     return graph, (1, 2, 3, 100, 101, 200, 201, 202, 203) if backward else (1, 2, 3, 100, 101)
 
 
 def _run(backward: bool, scale: float, buffers: tuple[torch.Tensor, ...]) -> None:
-    """Build (once) and execute one graph on `buffers`: q, k, v, out, stats, then dO, dq, dk, dv for the backward."""
+    """Build (once) and execute one graph on `buffers`: q, k, v, out, stats, then dO, dq, dk, dv for the backward.
+    q, k, v (and dq, dk, dv) have the strides `_bshd_strides` gives for their row stride; out and dO the default."""
     cudnn = _frontend()
     if cudnn is None:
         raise RuntimeError("alibi_cudnn_attention needs nvidia-cudnn-frontend: pip install 'alibi-lm[cudnn]'")
@@ -247,7 +262,8 @@ def _run(backward: bool, scale: float, buffers: tuple[torch.Tensor, ...]) -> Non
             with _GRAPHS_LOCK:
                 entry = _GRAPHS.get(key)
                 if entry is None:
-                    entry = _GRAPHS[key] = _build(cudnn, handle, backward, tuple(query.shape), query.dtype, scale)
+                    shape, row = tuple(query.shape), query.stride(2)
+                    entry = _GRAPHS[key] = _build(cudnn, handle, backward, shape, query.dtype, scale, row)
                     while len(_GRAPHS) > GRAPH_CACHE_SIZE:
                         _GRAPHS.pop(next(iter(_GRAPHS)))
         graph, uids, workspace_bytes = entry
@@ -326,6 +342,66 @@ def _grad(ctx: Any, grad_out: torch.Tensor, grad_stats: torch.Tensor | None) -> 
 _forward_op.register_autograd(_grad, setup_context=_setup_context)
 
 
+def _packed_views(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v of a (b, s, 3 * h * d) packed projection as (b, h, s, d) views, token rows 3 * h * d apart; a
+    copy of `qkv` first if it is not contiguous with a 16-byte-aligned base."""
+    if not qkv.is_contiguous() or qkv.data_ptr() % 16:
+        qkv = qkv.clone(memory_format=torch.contiguous_format)  # clone: contiguous() keeps a misaligned base
+    b, s, width = qkv.shape
+    split = qkv.view(b, s, 3, heads, width // (3 * heads))  # (b, s, 3, h, d)
+    return tuple(split[:, :, i].transpose(1, 2) for i in range(3))  # each (b, h, s, d)
+
+
+def _packed_forward(qkv: torch.Tensor, heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, stats) as `_forward` gives them, for q, k and v read in place from the packed projection."""
+    query, key, value = _packed_views(qkv, heads)
+    b, h, s, d = query.shape
+    out = _empty_bshd(b, h, s, d, qkv)  # (b, h, s, d)
+    stats = torch.empty(b, h, s, 1, device=qkv.device, dtype=torch.float32)
+    _run(False, scale, (query, key, value, out, stats))
+    return out, stats
+
+
+def _packed_forward_fake(qkv: torch.Tensor, heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    b, s, width = qkv.shape
+    d = width // (3 * heads)
+    return _empty_bshd(b, heads, s, d, qkv), qkv.new_empty(b, heads, s, 1, dtype=torch.float32)
+
+
+def _packed_backward(
+    grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor, heads: int, scale: float
+) -> torch.Tensor:
+    """The (b, s, 3 * h * d) gradient of the packed projection: dq, dk and dv written in place, in its layout."""
+    grad_out, out = _as_bshd(grad_out), _as_bshd(out)
+    grad_qkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    _run(True, scale, (*_packed_views(qkv, heads), out, stats.contiguous(), grad_out, *_packed_views(grad_qkv, heads)))
+    return grad_qkv
+
+
+def _packed_backward_fake(grad_out: torch.Tensor, qkv: torch.Tensor, *args: Any) -> torch.Tensor:
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+_packed_forward_op = custom_op("cudnn_packed_fwd", __name__, _packed_forward, _packed_forward_fake)
+_packed_backward_op = custom_op("cudnn_packed_bwd", __name__, _packed_backward, _packed_backward_fake)
+
+
+def _packed_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    qkv, heads, scale = inputs
+    out, stats = output
+    ctx.save_for_backward(qkv, out, stats)
+    ctx.mark_non_differentiable(stats)
+    ctx.heads, ctx.scale = heads, scale
+
+
+def _packed_grad(ctx: Any, grad_out: torch.Tensor, grad_stats: torch.Tensor | None) -> tuple:
+    qkv, out, stats = ctx.saved_tensors
+    return _packed_backward_op(grad_out, qkv, out, stats, ctx.heads, ctx.scale), None, None
+
+
+_packed_forward_op.register_autograd(_packed_grad, setup_context=_packed_setup_context)
+
+
 class _EagerCudnnAlibi(torch.autograd.Function):
     """The same forward and backward for eager calls, without the custom ops' dispatch: torch.library's Python
     custom ops and their autograd wrapper cost ~0.7 ms of host time per forward+backward (H200, 4K x 4 tokens:
@@ -366,6 +442,26 @@ def alibi_cudnn_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     if _traced(query):
         return _forward_op(query, key, value, float(scaling))[0]
     return _EagerCudnnAlibi.apply(query, key, value, float(scaling))
+
+
+def alibi_cudnn_attention_packed(qkv: torch.Tensor, num_heads: int, scaling: float) -> torch.Tensor:
+    """`alibi_cudnn_attention` on q, k and v projected as one GEMM, without copying them apart (module docstring).
+
+    The same calls qualify: check `is_supported` with a (b, h, s, d) query of qkv's dtype first.
+
+    Args:
+        qkv: (b, s, 3 * h * d): each token's query, key and value, in that order, each h heads of d.
+        num_heads: h.
+        scaling: softmax scale applied to q.k (usually head_dim ** -0.5).
+
+    Returns:
+        (b, h, s, d) in qkv's dtype, a view of (b, s, h, d)-contiguous memory. Differentiable in qkv; the
+        gradient is one (b, s, 3 * h * d) tensor.
+    """
+    if qkv.dim() != 3 or qkv.shape[-1] % (3 * num_heads):
+        raise ValueError(f"alibi_cudnn_attention_packed takes (b, s, 3 * heads * head_dim); got {tuple(qkv.shape)} "
+                         f"for {num_heads} heads")
+    return _packed_forward_op(qkv, int(num_heads), float(scaling))[0]
 
 
 def _traced(query: torch.Tensor) -> bool:

@@ -5,7 +5,8 @@ Pre-norm blocks compute `total = residual + delta` and then `layer_norm(total)` 
 needs the LayerNorm's input gradient plus the residual stream's own. On CUDA both directions are
 alibi_triton_norm.py's kernels (why: see there); elsewhere, and for shapes or dtypes the kernels do not take, ATen's
 `native_layer_norm` and its backward. Pre-norm decoder layers use it in compiled training on CUDA where
-`add_layer_norm_applies`: see `AlibiDecoderLayer`.
+`add_layer_norm_applies`, and such blocks keep q, k and v as three projections (alibi_packed.py says why): see
+`AlibiDecoderLayer`.
 
 Only the LayerNorm after attention: the one before it normalizes the block's input, whose add (the previous
 block's last) inductor fuses into its own LayerNorm kernel, and whose gradient arrives as the sum of the q, k and v

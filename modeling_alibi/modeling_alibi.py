@@ -3,9 +3,9 @@
 The decoder layers and the model classes. What they read per call comes from alibi_mask.py (positions, padding,
 slopes: built once per forward), attention runs through alibi_attention.py's backends, the baselines' position
 encodings are in alibi_positions.py, adaptive input and softmax in alibi_adaptive.py, the loss in alibi_loss.py,
-compiled training's fused fc1 and ReLU in alibi_linear_relu.py and its fused residual add and LayerNorm in
-alibi_norm.py, chunked prefill and generate's mask hook in alibi_generation.py, and transformers' keyword and
-cache contract in alibi_kwargs.py.
+compiled training's fused fc1 and ReLU in alibi_linear_relu.py, its fused residual add and LayerNorm in
+alibi_norm.py and its stacked q, k and v projection in alibi_packed.py, chunked prefill and generate's mask hook
+in alibi_generation.py, and transformers' keyword and cache contract in alibi_kwargs.py.
 
 Hub payload: hub.PAYLOAD lists the files. They import only torch, transformers, the standard library, triton
 (inside `try`) and each other, so `save_pretrained` ships them as remote code unchanged.
@@ -51,6 +51,7 @@ from .alibi_linear_relu import fused_linear_relu
 from .alibi_loss import causal_lm_loss, target_log_probs
 from .alibi_mask import AlibiAttentionMask, alibi_bias, alibi_slopes, build_attention_mask, tracing
 from .alibi_norm import add_layer_norm, add_layer_norm_applies
+from .alibi_packed import packed_qkv_applies, packed_qkv_attention
 from .alibi_positions import add_positions, apply_rotary
 from .configuration_alibi import AlibiConfig
 
@@ -60,9 +61,8 @@ logger = logging.get_logger(__name__)
 class AlibiAttention(nn.Module):
     """Multi-head self-attention; ALiBi and masking come in through `AlibiAttentionMask`."""
 
-    # (weight (3 * hidden, hidden), bias or None): q, k and v projections stacked, set only by the graph decoder
-    # (alibi_decoding) while it runs or captures its step. At batch 1 a projection is a GEMV whose fixed cost, not
-    # its bytes, sets its time, so one GEMV of three times the rows is faster than three (benchmarks/step_profile.py).
+    # (weight (3 * hidden, hidden), bias or None): q, k, v stacked by the graph decoder (alibi_decoding) while it runs
+    # its step. A batch-1 GEMV's fixed cost sets its time, so one of 3x the rows beats three (step_profile.py).
     fused_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def __init__(self, config: AlibiConfig, layer_idx: int):
@@ -83,8 +83,11 @@ class AlibiAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
         output_attentions: bool = False,
+        pack_qkv: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, q_len, _ = hidden_states.shape
+        if pack_qkv and cache is None and not output_attentions and self._packs_qkv(hidden_states, attention_mask):
+            return self.o_proj(packed_qkv_attention(self, hidden_states)), None
         heads = (b, q_len, self.num_heads, self.head_dim)
         query, key, value = (x.view(heads).transpose(1, 2) for x in self._project(hidden_states))  # (b, h, q, d)
         if rotary is not None:
@@ -109,6 +112,10 @@ class AlibiAttention(nn.Module):
         out = out.reshape(b, q_len, -1)  # (b, q, h * d)
         return self.o_proj(out), weights
 
+    def _packs_qkv(self, hidden_states: torch.Tensor, mask: AlibiAttentionMask) -> bool:
+        """Compiled training of a call cuDNN serves: q, k, v as one GEMM (alibi_packed.py), unless `pack_qkv=False`."""
+        return _compiled_training(hidden_states, PACKED_QKV_DEVICES) and packed_qkv_applies(self, hidden_states, mask)
+
     def _project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(query, key, value), each (b, q, hidden): three projections, or one stacked one (`fused_qkv`)."""
         if self.fused_qkv is None:
@@ -132,9 +139,9 @@ class AlibiMLP(nn.Module):
         return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
 
 
-# Where compiled training runs fc1 and ReLU as one cuBLASLt GEMM (alibi_linear_relu.py), and a pre-norm layer's
-# second residual add and LayerNorm as one node (alibi_norm.py). Only measured on CUDA.
-FUSED_RELU_DEVICES = FUSED_NORM_DEVICES = ("cuda",)
+# Where compiled training runs fc1 and ReLU as one cuBLASLt GEMM (alibi_linear_relu.py), a pre-norm layer's second
+# residual add and LayerNorm as one node (alibi_norm.py), and q, k, v as one GEMM (alibi_packed.py): measured on CUDA.
+FUSED_RELU_DEVICES = FUSED_NORM_DEVICES = PACKED_QKV_DEVICES = ("cuda",)
 
 
 def _compiled_training(hidden_states: torch.Tensor, devices: tuple[str, ...]) -> bool:
@@ -171,10 +178,15 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         if self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
-        hidden_states, weights = self.self_attn(hidden_states, attention_mask, rotary, cache, output_attentions)
+        # The add + LayerNorm node or packed q, k, v, not both: with both, inductor's CUDA-graph warm-up failed in 1-
+        # and 2-layer bf16 models (torch 2.11; alibi_packed.py). The node needs the norm's dtype throughout.
+        fuse_norm = self.normalize_before and _compiled_training(residual, FUSED_NORM_DEVICES) and (
+            add_layer_norm_applies(residual, residual, self.final_layer_norm))
+        hidden_states, weights = self.self_attn(
+            hidden_states, attention_mask, rotary, cache, output_attentions, pack_qkv=not fuse_norm)
         hidden_states = self.dropout(hidden_states)
         if self.normalize_before:
-            residual, hidden_states = self._add_and_norm(residual, hidden_states)
+            residual, hidden_states = self._add_and_norm(residual, hidden_states, fuse_norm)
         else:
             residual = hidden_states = self.self_attn_layer_norm(residual + hidden_states)
 
@@ -183,11 +195,10 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, weights
 
-    def _add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(residual + delta, final_layer_norm of it). In compiled training, one node whose backward takes one pass
-        over the rows and adds the residual stream's gradient in it (alibi_norm.py)."""
+    def _add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor, fuse: bool) -> tuple[torch.Tensor, ...]:
+        """(residual + delta, final_layer_norm of it); with `fuse`, one node with a one-pass backward (alibi_norm)."""
         norm = self.final_layer_norm
-        if _compiled_training(residual, FUSED_NORM_DEVICES) and add_layer_norm_applies(residual, delta, norm):
+        if fuse and add_layer_norm_applies(residual, delta, norm):
             return add_layer_norm(residual, delta, norm)
         total = residual + delta
         return total, norm(total)
@@ -332,10 +343,8 @@ class AlibiModel(AlibiPreTrainedModel):
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-            **{CACHE_NAME: cache},
+            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None, **{CACHE_NAME: cache},
         )
 
     def _cache_for_call(self, cache: Cache | None, use_cache: bool | None) -> Cache | None:
@@ -447,10 +456,7 @@ class AlibiForCausalLM(AlibiPreTrainedModel, AlibiGenerationMixin, GenerationMix
                 fuse_head=skip_logits,
             )
         output = CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
             **{CACHE_NAME: output_cache(outputs)},
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -489,12 +495,6 @@ class AlibiForCausalLM(AlibiPreTrainedModel, AlibiGenerationMixin, GenerationMix
 
 
 __all__ = [
-    "CACHE_NAME",
-    "AlibiAttentionMask",
-    "AlibiForCausalLM",
-    "AlibiModel",
-    "AlibiPreTrainedModel",
-    "alibi_bias",
-    "alibi_slopes",
-    "output_cache",
+    "CACHE_NAME", "AlibiAttentionMask", "AlibiForCausalLM", "AlibiModel", "AlibiPreTrainedModel", "alibi_bias",
+    "alibi_slopes", "output_cache",
 ]
