@@ -3,7 +3,8 @@
 CPU: which calls take the packed path, with a stand-in for the cuDNN op (eager ALiBi attention on the packed
 tensor) so that the stacking, the split into heads and the output layout are checked against the model's eager
 step, loss and every gradient. GPU (`-m gpu`, needs nvidia-cudnn-frontend): the packed op against the unpacked
-one on the same values, exactly, forward and backward, eager, compiled and in the model's compiled training.
+one on the same values, exactly, forward and backward, eager and compiled; the model's compiled training under
+autocast against float64.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def norm_calls(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
-def test_compiled_training_on_packed_qkv_equals_eager(packed_on_cpu, norm_calls, use_bias):
+def test_compiled_training_on_packed_qkv_equals_eager(packed_on_cpu, use_bias):
     """float64: the compiled step (q, k, v stacked, one GEMM, the stand-in op) gives eager's loss and gradients."""
     eager = tiny_model(num_hidden_layers=3, use_bias=use_bias).double().train()  # eager attention, three GEMMs
     model = tiny_model(attn_implementation="sdpa", num_hidden_layers=3, use_bias=use_bias).double().train()
