@@ -31,18 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .alibi_attention import (
-    ALL_ATTENTION_FUNCTIONS,
-    KernelCall,
-    choose_kernel,
-    flex_attention_forward,
-    sdpa_attention_forward,
-)
+from .alibi_attention import ALIBI_BACKENDS, ALL_ATTENTION_FUNCTIONS, KernelCall, choose_kernel
 from .alibi_cudnn import alibi_cudnn_attention_packed
 from .alibi_mask import AlibiAttentionMask
-
-# The backends whose kernel choice may give a call to cuDNN (alibi_attention.KERNEL_RULES).
-_CUDNN_BACKENDS = (sdpa_attention_forward, flex_attention_forward)
 
 
 def _projections(attention: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -51,12 +42,13 @@ def _projections(attention: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]
 
 def packed_qkv_applies(attention: nn.Module, hidden_states: torch.Tensor, mask: AlibiAttentionMask) -> bool:
     """Whether `packed_qkv_attention` computes this `AlibiAttention` call (no cache, no attention weights asked):
-    plain projections alike in bias, and a backend whose kernel choice gives the call to cuDNN."""
+    plain projections alike in bias, and one of our backends (a function registered from outside gets the
+    three), whose kernel choice gives the call to cuDNN."""
     projections = _projections(attention)
     if not all(type(p) is nn.Linear and (p.bias is None) == (projections[0].bias is None) for p in projections):
         return False
     implementation = attention.config._attn_implementation
-    if ALL_ATTENTION_FUNCTIONS.get_interface(implementation, None) not in _CUDNN_BACKENDS:
+    if ALL_ATTENTION_FUNCTIONS.get_interface(implementation, None) not in ALIBI_BACKENDS:
         return False
     device = hidden_states.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden_states.dtype
