@@ -41,9 +41,10 @@ def bshd(B: int, L: int) -> torch.Tensor:
 
 
 def planned(cudnn, handle, backward: bool, shape: tuple, alibi: bool):
-    """The op's graph for this direction and mask, with its ranked plan list made but no plan built."""
+    """The op's graph for this direction and mask, with the plans of every heuristic mode the op may use ranked in
+    one list (the op itself plans with one mode at a time) but no plan built."""
     graph, uids = alibi_cudnn._define(cudnn, handle, backward, shape, torch.bfloat16, SCALE, alibi=alibi)
-    alibi_cudnn._plan(cudnn, graph)
+    alibi_cudnn._plan(cudnn, graph, alibi_cudnn.HEURISTIC_MODES)
     return graph, uids
 
 

@@ -51,6 +51,7 @@ import atexit
 import contextlib
 import functools
 import threading
+import traceback
 from typing import Any
 
 import torch
@@ -176,17 +177,26 @@ def _new_graph(cudnn: Any, handle: Any, dtype: torch.dtype) -> Any:
     )
 
 
-def _plan(cudnn: Any, graph: Any) -> None:
-    """Validate `graph` and rank its execution plans (heuristics A, then FALLBACK); no plan is built yet."""
+# cuDNN's heuristic modes, one per graph, the next one only where a mode offers no plan that builds: A ranks first
+# the fastest plan for these graphs (benchmarks/cudnn_plan_sweep.py). One at a time, not `[A, FALLBACK]` in one
+# call, because nvidia-cudnn-frontend (1.32) keeps the error of a mode that offers nothing (FALLBACK, for these
+# backward graphs) in a reference cycle with the frames on the stack (`_create_backend_plans`: `failure = exc`).
+# Until Python's next collection that cycle held the op's inputs and every live buffer of its callers; in compiled
+# training it made inductor's CUDA-graph warm-up check fail (docs/benchmarks.md, twentieth session).
+HEURISTIC_MODES = ("A", "FALLBACK")
+
+
+def _plan(cudnn: Any, graph: Any, modes: tuple[str, ...] = HEURISTIC_MODES[:1]) -> None:
+    """Validate `graph` and rank its execution plans with the heuristic `modes`; no plan is built yet."""
     graph.validate()
     graph.build_operation_graph()
-    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    graph.create_execution_plans([getattr(cudnn.heur_mode, mode) for mode in modes])
     graph.check_support()
 
 
-def _finish(cudnn: Any, graph: Any) -> None:
-    """Plan `graph` and build the first plan that builds: the one the op runs."""
-    _plan(cudnn, graph)
+def _finish(cudnn: Any, graph: Any, mode: str = HEURISTIC_MODES[0]) -> None:
+    """Plan `graph` with one heuristic mode and build the first plan that builds: the one the op runs."""
+    _plan(cudnn, graph, (mode,))
     graph.build_plans()
 
 
@@ -194,9 +204,16 @@ def _build(
     cudnn: Any, handle: Any, backward: bool, shape: tuple[int, ...], dtype: torch.dtype, scale: float, row: int
 ):
     """(graph, its tensors' uids in binding order, workspace bytes) for one direction at one shape."""
-    graph, uids = _define(cudnn, handle, backward, shape, dtype, scale, row=row)
-    _finish(cudnn, graph)
-    return graph, uids, graph.get_workspace_size()
+    for mode in HEURISTIC_MODES:
+        graph, uids = _define(cudnn, handle, backward, shape, dtype, scale, row=row)
+        try:
+            _finish(cudnn, graph, mode)
+        except cudnn.cudnnGraphNotSupportedError as error:
+            traceback.clear_frames(error.__traceback__)  # the frontend's frames hold the error: see HEURISTIC_MODES
+            if mode == HEURISTIC_MODES[-1]:
+                raise
+            continue
+        return graph, uids, graph.get_workspace_size()
 
 
 def _define(

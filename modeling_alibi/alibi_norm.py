@@ -5,13 +5,14 @@ Pre-norm blocks compute `total = residual + delta` and then `layer_norm(total)` 
 needs the LayerNorm's input gradient plus the residual stream's own. On CUDA both directions are
 alibi_triton_norm.py's kernels (why: see there); elsewhere, and for shapes or dtypes the kernels do not take, ATen's
 `native_layer_norm` and its backward. Pre-norm decoder layers use it in compiled training on CUDA where
-`add_layer_norm_applies`, and such blocks keep q, k and v as three projections (alibi_packed.py says why): see
-`AlibiDecoderLayer`.
+`add_layer_norm_applies` (`AlibiDecoderLayer`).
 
 Only the LayerNorm after attention: the one before it normalizes the block's input, whose add (the previous
-block's last) inductor fuses into its own LayerNorm kernel, and whose gradient arrives as the sum of the q, k and v
-projections' three, which inductor adds inside its LayerNorm backward. As a node of its own it needed both adds as
-separate kernels, which cost what its one-pass backward saved (docs/benchmarks.md, seventeenth session).
+block's last) inductor fuses into its own LayerNorm kernel, and whose gradient inductor's LayerNorm backward adds
+up from the q, k and v projections' (three, or one where alibi_packed.py stacks them). As a node of its own it
+needed both adds as separate kernels, which cost what its one-pass backward saved (docs/benchmarks.md, seventeenth
+session); with the stacked projection and the previous block's add deferred into it, 0.2 ms a step in the
+nineteenth session's experiment, not taken into the model.
 
 Hub payload: imports only torch and (inside `try`) alibi_triton_norm.py.
 """

@@ -3,24 +3,18 @@
 Why: with three projections, the backward runs three input-gradient GEMMs and adds their outputs, three weight-
 gradient GEMMs and three bias sums. Stacked, each is one larger GEMM or sum, and the attention's backward writes
 the three gradients into the one (b, q, 3 * hidden) tensor that the projection's backward reads
-(`alibi_cudnn_attention_packed`; q, k and v split apart would cost a copy each way). On an H200 (bf16, the
-model_bench model, 16 x 512 tokens) the step took 23.89 ms against 24.31-24.40 ms with three projections, in an
-experiment that also ran alibi_norm.py's node, which the model does not combine with this (below;
-docs/benchmarks.md, nineteenth session). Under autocast, where the model uses it, it was not timed.
+(`alibi_cudnn_attention_packed`; q, k and v split apart would cost a copy each way). On an H200 (the model_bench
+model, 16 x 512 tokens, `mode="reduce-overhead"`) the step took 24.56 ms against 24.93 with three projections with
+bf16 parameters, and 27.21 against 28.02 ms under autocast (docs/benchmarks.md, twentieth session).
 
 The weights stay three `nn.Linear`s, stacked at every call: checkpoints, the fairseq conversion and adapters
 that target `q_proj`, `k_proj` or `v_proj` are unchanged. The stack costs 6 MB of copies a layer at bf16 and
-hidden 1,024, about 0.04 ms a step: 23.89 ms against 23.85 with one stacked parameter.
+hidden 1,024, about 0.04 ms a step: 23.89 ms against 23.85 with one stacked parameter (nineteenth session).
 
 Used where `packed_qkv_applies`: the call is one the kernel-choice table gives to cuDNN (alibi_attention.py:
 no cache, padding, packed rows, window or dropout) and the projections are plain `nn.Linear`s (LoRA and quantized
 layers keep their own forward). The model uses it in compiled training only (`AlibiAttention._packs_qkv`), where
-it was measured; the op is a `torch.library` custom op, whose eager dispatch costs host time. And only in blocks
-that do not run alibi_norm.py's add + LayerNorm node (`AlibiDecoderLayer`), which needs the norm's dtype
-throughout: so under autocast (`alibi-lm train`'s mixed precision), not with bf16 parameters. With both, bf16,
-`mode="reduce-overhead"` and 1 or 2 layers, inductor's CUDA-graph warm-up check failed on torch 2.11 ("storage
-data ptrs are not allocated in pool", naming the last packed op's saved tensors); it passed with AOTAutograd's
-donated buffers off, at 3, 4 and 16 layers, and with either one alone.
+it was measured; the op is a `torch.library` custom op, whose eager dispatch costs host time.
 
 Hub payload: imports only torch and its sibling files.
 """

@@ -83,10 +83,9 @@ class AlibiAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
         output_attentions: bool = False,
-        pack_qkv: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, q_len, _ = hidden_states.shape
-        if pack_qkv and cache is None and not output_attentions and self._packs_qkv(hidden_states, attention_mask):
+        if cache is None and not output_attentions and self._packs_qkv(hidden_states, attention_mask):
             return self.o_proj(packed_qkv_attention(self, hidden_states)), None
         heads = (b, q_len, self.num_heads, self.head_dim)
         query, key, value = (x.view(heads).transpose(1, 2) for x in self._project(hidden_states))  # (b, h, q, d)
@@ -113,7 +112,7 @@ class AlibiAttention(nn.Module):
         return self.o_proj(out), weights
 
     def _packs_qkv(self, hidden_states: torch.Tensor, mask: AlibiAttentionMask) -> bool:
-        """Compiled training of a call cuDNN serves: q, k, v as one GEMM (alibi_packed.py), unless `pack_qkv=False`."""
+        """Compiled training of a call cuDNN serves: q, k, v as one GEMM (alibi_packed.py)."""
         return _compiled_training(hidden_states, PACKED_QKV_DEVICES) and packed_qkv_applies(self, hidden_states, mask)
 
     def _project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -178,15 +177,10 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         if self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
-        # The add + LayerNorm node or packed q, k, v, not both: with both, inductor's CUDA-graph warm-up failed in 1-
-        # and 2-layer bf16 models (torch 2.11; alibi_packed.py). The node needs the norm's dtype throughout.
-        fuse_norm = self.normalize_before and _compiled_training(residual, FUSED_NORM_DEVICES) and (
-            add_layer_norm_applies(residual, residual, self.final_layer_norm))
-        hidden_states, weights = self.self_attn(
-            hidden_states, attention_mask, rotary, cache, output_attentions, pack_qkv=not fuse_norm)
+        hidden_states, weights = self.self_attn(hidden_states, attention_mask, rotary, cache, output_attentions)
         hidden_states = self.dropout(hidden_states)
         if self.normalize_before:
-            residual, hidden_states = self._add_and_norm(residual, hidden_states, fuse_norm)
+            residual, hidden_states = self._add_and_norm(residual, hidden_states)
         else:
             residual = hidden_states = self.self_attn_layer_norm(residual + hidden_states)
 
@@ -195,10 +189,11 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, weights
 
-    def _add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor, fuse: bool) -> tuple[torch.Tensor, ...]:
-        """(residual + delta, final_layer_norm of it); with `fuse`, one node with a one-pass backward (alibi_norm)."""
+    def _add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual + delta, final_layer_norm of it). In compiled training, one node whose backward takes one pass
+        over the rows and adds the residual stream's gradient in it (alibi_norm.py)."""
         norm = self.final_layer_norm
-        if fuse and add_layer_norm_applies(residual, delta, norm):
+        if _compiled_training(residual, FUSED_NORM_DEVICES) and add_layer_norm_applies(residual, delta, norm):
             return add_layer_norm(residual, delta, norm)
         total = residual + delta
         return total, norm(total)

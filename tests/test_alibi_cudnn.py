@@ -10,12 +10,16 @@ exact). SDPA is pinned to its memory-efficient kernel: its default dispatch pick
 H200, which would measure cuDNN against itself. Each case prints both errors (run with -s).
 
 The gpu tests need CUDA and nvidia-cudnn-frontend (`pip install 'alibi-lm[cudnn]'`); the CPU tests check that the
-module imports and reports no support without them, and the ops' fake kernels.
+module imports and reports no support without them, the ops' fake kernels, and how graphs are planned (against a
+stand-in frontend).
 """
 
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -218,6 +222,27 @@ def test_gpu_model_training_step_on_cudnn_is_as_close_to_fp32_as_flex(monkeypatc
         assert error <= 2 * flex_error + 1e-3, (index, float(error), float(flex_error))
 
 
+@pytest.mark.gpu
+@needs_cudnn
+def test_gpu_building_graphs_leaves_nothing_for_the_garbage_collector():
+    """The first call at a shape builds its graphs; with Python's collector off, the call's tensors are freed as
+    soon as the caller drops them. (With both heuristic modes planned at once, the frontend's error of the mode
+    that offers nothing held them, and every frame on the stack, in a reference cycle.)"""
+    alibi_cudnn._GRAPHS.clear()
+    gc.collect()
+    gc.disable()
+    try:
+        base = torch.randn(1, 72, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)  # (b, s, h, d)
+        out = alibi_cudnn_attention(*(base.transpose(1, 2),) * 3, 0.125)  # builds the forward graph
+        out.sum().backward()  # and the backward graph
+        assert len(alibi_cudnn._GRAPHS) == 2
+        refs = [weakref.ref(base), weakref.ref(out)]
+        del base, out
+        assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # CPU: no cudnn needed
 # ----------------------------------------------------------------------------------------------------------
@@ -279,3 +304,71 @@ def test_compile_fullgraph_traces_on_cpu(monkeypatch):
         for inputs in (model_layout, contiguous):
             compiled(*inputs).float().sum().backward()
             assert all(x.grad.shape == x.shape for x in inputs)
+
+
+class _StandInFrontend:
+    """What `_build` uses of nvidia-cudnn-frontend, with heuristic modes that offer no plan. A mode that offers none
+    fails as the real frontend's (1.32) does: the error kept in a local of the frame that caught it, a reference
+    cycle with that frame and, through it, every frame on the stack."""
+
+    class cudnnGraphNotSupportedError(RuntimeError):
+        pass
+
+    heur_mode = SimpleNamespace(A="A", FALLBACK="FALLBACK")
+
+    def __init__(self, without_plans: set[str]):
+        self.without_plans, self.planned = without_plans, []
+
+    def graph(self) -> SimpleNamespace:
+        return SimpleNamespace(validate=lambda: None, build_operation_graph=lambda: None, check_support=lambda: None,
+                               build_plans=lambda: None, get_workspace_size=lambda: 0,
+                               create_execution_plans=self.create_execution_plans)
+
+    def create_execution_plans(self, modes: list[str]) -> None:
+        self.planned.append(list(modes))
+        failure = None
+        for mode in modes:
+            try:
+                if mode in self.without_plans:
+                    raise self.cudnnGraphNotSupportedError(f"no plan from {mode}")
+            except self.cudnnGraphNotSupportedError as error:
+                failure = error
+                continue
+            return
+        raise failure
+
+
+def _build_holding(frontend: _StandInFrontend, monkeypatch) -> tuple[weakref.ref, Exception | None]:
+    """`_build` called from a frame that holds a tensor, as the op's callers do; a weak reference to the tensor after
+    the caller returned, and the error `_build` raised, if any."""
+    monkeypatch.setattr(alibi_cudnn, "_define", lambda *args, **kwargs: (frontend.graph(), (1, 2, 3)))
+
+    def caller(held: torch.Tensor) -> Exception | None:
+        try:
+            alibi_cudnn._build(frontend, None, False, (1, 2, 8, 64), torch.bfloat16, 0.125, 128)
+        except frontend.cudnnGraphNotSupportedError as error:
+            return type(error)(*error.args)  # a copy: the raised error's traceback holds this frame
+        return None
+
+    held = torch.ones(4)
+    ref = weakref.ref(held)
+    error = caller(held)
+    del held
+    return ref, error
+
+
+@pytest.mark.parametrize("without_plans", [set(), {"FALLBACK"}, {"A"}, {"A", "FALLBACK"}],
+                         ids=["both-offer", "fallback-offers-none", "a-offers-none", "none-offers"])
+def test_graphs_plan_one_heuristic_mode_at_a_time_and_leave_no_cycle(monkeypatch, without_plans):
+    """Mode A alone when it offers a plan, FALLBACK only when A offers none, the error when neither does; and with
+    Python's collector off the caller's tensor is freed as soon as the caller returns."""
+    frontend = _StandInFrontend(without_plans)
+    gc.collect()
+    gc.disable()
+    try:
+        ref, error = _build_holding(frontend, monkeypatch)
+        assert ref() is None
+    finally:
+        gc.enable()
+    assert frontend.planned == ([["A"]] if "A" not in without_plans else [["A"], ["FALLBACK"]])
+    assert (error is not None) == (without_plans == {"A", "FALLBACK"})

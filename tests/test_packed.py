@@ -2,8 +2,9 @@
 
 CPU: which calls take the packed path, with a stand-in for the cuDNN op (eager ALiBi attention on the packed
 tensor) so that the stacking, the split into heads and the output layout are checked against the model's eager
-step, loss and every gradient. GPU (`-m gpu`, needs nvidia-cudnn-frontend): the packed op against the unpacked
-one on the same values, exactly, forward and backward, eager and compiled; the model's compiled training under
+step, loss and every gradient, also with alibi_norm's add + LayerNorm node in the same blocks. GPU (`-m gpu`, needs
+nvidia-cudnn-frontend): the packed op against the unpacked one on the same values, forward and backward, eager and
+compiled, exactly but for dq's run-to-run rounding; the model's compiled training with bf16 parameters and under
 autocast against float64.
 """
 
@@ -79,16 +80,21 @@ def norm_calls(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.parametrize("norm_node", [False, True], ids=["plain-norm", "norm-node"])
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
-def test_compiled_training_on_packed_qkv_equals_eager(packed_on_cpu, use_bias):
-    """float64: the compiled step (q, k, v stacked, one GEMM, the stand-in op) gives eager's loss and gradients."""
+def test_compiled_training_on_packed_qkv_equals_eager(packed_on_cpu, norm_calls, monkeypatch, use_bias, norm_node):
+    """float64: the compiled step (q, k, v stacked, one GEMM, the stand-in op; with `norm_node`, alibi_norm's add +
+    LayerNorm node too, as bf16 parameters run it on CUDA) gives eager's loss and gradients."""
+    if norm_node:
+        monkeypatch.setattr(modeling, "FUSED_NORM_DEVICES", ("cpu",))
     eager = tiny_model(num_hidden_layers=3, use_bias=use_bias).double().train()  # eager attention, three GEMMs
     model = tiny_model(attn_implementation="sdpa", num_hidden_layers=3, use_bias=use_bias).double().train()
     ids = torch.randint(3, 99, (2, 12))
     expected_loss, expected = _loss_and_grads(training_loss(eager), eager, ids)
-    assert packed_on_cpu == []
+    assert packed_on_cpu == [] and norm_calls == []
     loss, grads = _loss_and_grads(torch.compile(training_loss(model), fullgraph=True), model, ids)
     assert packed_on_cpu == [(4, model.model.layers[0].self_attn.scaling)] * 3  # every layer: heads, scale
+    assert len(norm_calls) == (3 if norm_node else 0)
     assert_close(loss, expected_loss)
     for (name, _), got, want in zip(eager.named_parameters(), grads, expected, strict=True):
         assert_close(got, want, msg=name)
@@ -116,16 +122,16 @@ def test_packed_qkv_only_where_cudnn_takes_the_call(packed_on_cpu, case):
     assert packed_on_cpu == ([(4, model.model.layers[1].self_attn.scaling)] if case == "adapter" else [])
 
 
-@pytest.mark.parametrize("fused_norm", [True, False], ids=["norm-node", "autocast"])
-def test_blocks_run_the_norm_node_or_packed_qkv_not_both(packed_on_cpu, norm_calls, monkeypatch, fused_norm):
-    """With the add + LayerNorm node switched on for the CPU, blocks whose norm it serves (parameters in the
-    activations' dtype) keep three projections; under autocast, which the node leaves alone, they pack."""
+@pytest.mark.parametrize("autocast", [False, True], ids=["norm-dtype", "autocast"])
+def test_blocks_pack_qkv_with_or_without_the_norm_node(packed_on_cpu, norm_calls, monkeypatch, autocast):
+    """With the add + LayerNorm node switched on for the CPU, blocks whose norm it serves (activations in the norm's
+    dtype) run it and pack q, k and v; under autocast, which the node leaves alone, they pack all the same."""
     monkeypatch.setattr(modeling, "FUSED_NORM_DEVICES", ("cpu",))
     model = tiny_model(attn_implementation="sdpa").train()
     ids = torch.randint(3, 99, (2, 12))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not fused_norm):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         torch.compile(training_loss(model))(input_ids=ids, labels=ids)
-    assert (len(norm_calls), len(packed_on_cpu)) == ((2, 0) if fused_norm else (0, 2))
+    assert (len(norm_calls), len(packed_on_cpu)) == ((0, 2) if autocast else (2, 2))
 
 
 def test_packed_op_rejects_a_width_that_is_not_three_projections():
@@ -160,7 +166,8 @@ def _packed_and_split(b: int, s: int, heads: int, d: int, dtype: torch.dtype):
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("shape", [(2, 1000, 8, 64), (1, 4096, 12, 128)], ids=["1000x8x64", "4096x12x128"])
 def test_gpu_packed_op_equals_the_unpacked_op(shape, compiled):
-    """The same kernel on the same values, read in place from the packed tensor: equal output and gradients."""
+    """The same kernel on the same values, read in place from the packed tensor: equal output, dk and dv, and dq
+    within the run-to-run rounding of cuDNN's backward."""
     torch.manual_seed(0)
     b, s, heads, d = shape
     qkv, split = _packed_and_split(b, s, heads, d, torch.bfloat16)
@@ -174,19 +181,29 @@ def test_gpu_packed_op_equals_the_unpacked_op(shape, compiled):
     assert out.shape == (b, heads, s, d) and out.stride() == expected.stride()
     assert_close(out, expected, atol=0, rtol=0)
     grad_split = torch.stack([x.grad.transpose(1, 2) for x in split], dim=2)  # (b, s, 3, h, d)
-    assert_close(qkv.grad, grad_split.flatten(2), atol=0, rtol=0)
+    grad = qkv.grad.view_as(grad_split)  # (b, s, 3, h, d)
+    assert_close(grad[:, :, 1:], grad_split[:, :, 1:], atol=0, rtol=0)  # dk, dv
+    # dq within one bf16 rounding (rtol 2^-7): flash-attention backward kernels add dq's partial sums over key blocks
+    # atomically, in an order that can vary between runs. Seen once (twentieth session, 4096x12x128-compiled): one
+    # element of 18.9M one unit in the last place apart.
+    assert_close(grad[:, :, 0], grad_split[:, :, 0], atol=1e-6, rtol=2**-7)
 
 
 @pytest.mark.gpu
 @needs_cudnn
-def test_gpu_compiled_training_on_packed_qkv_is_as_accurate_as_eager():
-    """The loop's compiled step (CUDA graphs) under autocast, as `alibi-lm train` runs it, packs q, k and v in every
-    layer and is as close to float64 as the eager step; cuDNN built its graphs for the packed rows. (bf16
-    parameters take the add + LayerNorm node instead: tests/test_norm.py.)"""
+@pytest.mark.parametrize("params", [torch.bfloat16, torch.float32], ids=["bf16-params", "autocast"])
+def test_gpu_compiled_training_on_packed_qkv_is_as_accurate_as_eager(norm_calls, params):
+    """The loop's compiled step (CUDA graphs) packs q, k and v in every layer and is as close to float64 as the
+    eager step, with bf16 parameters (which also run the add + LayerNorm node) and under autocast, as `alibi-lm
+    train` runs it; cuDNN built its graphs for the packed rows. Two layers: the size at which cuDNN's frontend,
+    planning with both heuristic modes at once, left the last layer's saved tensors in a reference cycle and the
+    CUDA-graph warm-up's pool check failed (alibi_cudnn.HEURISTIC_MODES)."""
     alibi_cudnn._GRAPHS.clear()
-    base = tiny_model(8, "sdpa", hidden_size=512, intermediate_size=2048, vocab_size=32_000).train()
+    base = tiny_model(8, "sdpa", hidden_size=512, intermediate_size=2048, vocab_size=32_000,
+                      num_hidden_layers=2).train()
     ids = torch.randint(3, 32_000, (4, 256), device="cuda")
     assert_compiled_step_as_accurate_as_eager(
-        base, lambda model: torch.compile(training_loss(model), mode="reduce-overhead"), ids, torch.float32)
+        base, lambda model: torch.compile(training_loss(model), mode="reduce-overhead"), ids, params)
     rows = {key[2][2] for key in alibi_cudnn._GRAPHS}  # the query's token stride of each built graph
     assert 3 * 512 in rows, rows
+    assert bool(norm_calls) == (params == torch.bfloat16)  # traced: the node serves bf16 parameters only
