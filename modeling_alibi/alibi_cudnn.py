@@ -179,8 +179,8 @@ def _new_graph(cudnn: Any, handle: Any, dtype: torch.dtype) -> Any:
 
 # cuDNN's heuristic modes, one per graph, the next one only where a mode offers no plan that builds: A ranks first
 # the fastest plan for these graphs (benchmarks/cudnn_plan_sweep.py). One at a time, not `[A, FALLBACK]` in one
-# call, because nvidia-cudnn-frontend (1.32) keeps the error of a mode that offers nothing (FALLBACK, for these
-# backward graphs) in a reference cycle with the frames on the stack (`_create_backend_plans`: `failure = exc`).
+# call, because nvidia-cudnn-frontend (1.32) keeps the error of a mode that offers no plan (one did, for these
+# graphs) in a reference cycle with the frames on the stack (`_create_backend_plans`: `failure = exc`).
 # Until Python's next collection that cycle held the op's inputs and every live buffer of its callers; in compiled
 # training it made inductor's CUDA-graph warm-up check fail (docs/benchmarks.md, twentieth session).
 HEURISTIC_MODES = ("A", "FALLBACK")
