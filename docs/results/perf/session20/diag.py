@@ -3,10 +3,11 @@ and what each combination costs a step.
 
 The record of what ran (`.ab/s20_diag.py` in the session, against the tree of each call): calls 1 and 2 ran it with
 `combo(True)` forcing `pack_qkv=True` into `AlibiAttention.forward` (main then refused the pair); call 1 without
-the census; calls 2 and 3 with versions of `census` that printed less (call 2's crashed on a weakref proxy, call
-3a's collected at both checks and found nothing); call 3 with this census, at the check after a run only; call 4
-(`time` mode, cut by its timeout) on the fixed tree, where `combo` is a no-op since main packs by itself. Lint-only
-edits afterwards: the last line of `time_variant` no longer deletes the names its closure reads, and one long line
+the census; calls 2, 3a, 3a2 and 3 with versions of `census` (call 2's crashed on a weakref proxy; calls 3a and 3a2
+collected at both checks, 3a2 also listing garbage that held CUDA tensors, and found nothing, the collection before
+the run having freed the cycle); call 3 with this census, at the check after a run only; call 4 (`time` mode, cut
+by its timeout) on the fixed tree, where `combo` is a no-op since main packs by itself. Lint-only edits
+afterwards: the last line of `time_variant` no longer deletes the names its closure reads, and one long line
 carries a noqa.
 
   python3 .ab/s20_diag.py diag OUTDIR       the failing 2-layer case with allocator history and the pool check's
