@@ -181,12 +181,12 @@ def test_gpu_packed_op_equals_the_unpacked_op(shape, compiled):
     assert out.shape == (b, heads, s, d) and out.stride() == expected.stride()
     assert_close(out, expected, atol=0, rtol=0)
     grad_split = torch.stack([x.grad.transpose(1, 2) for x in split], dim=2)  # (b, s, 3, h, d)
-    grad = qkv.grad.view_as(grad_split)  # (b, s, 3, h, d)
-    assert_close(grad[:, :, 1:], grad_split[:, :, 1:], atol=0, rtol=0)  # dk, dv
+    grad_qkv = qkv.grad.view_as(grad_split)  # (b, s, 3, h, d)
+    assert_close(grad_qkv[:, :, 1:], grad_split[:, :, 1:], atol=0, rtol=0)  # dk, dv
     # dq within one bf16 rounding (rtol 2^-7): flash-attention backward kernels add dq's partial sums over key blocks
     # atomically, in an order that can vary between runs. Seen once (twentieth session, 4096x12x128-compiled): one
     # element of 18.9M one unit in the last place apart.
-    assert_close(grad[:, :, 0], grad_split[:, :, 0], atol=1e-6, rtol=2**-7)
+    assert_close(grad_qkv[:, :, 0], grad_split[:, :, 0], atol=1e-6, rtol=2**-7)
 
 
 @pytest.mark.gpu
