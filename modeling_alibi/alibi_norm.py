@@ -11,8 +11,9 @@ Only the LayerNorm after attention: the one before it normalizes the block's inp
 block's last) inductor fuses into its own LayerNorm kernel, and whose gradient inductor's LayerNorm backward adds
 up from the q, k and v projections' (three, or one where alibi_packed.py stacks them). As a node of its own it
 needed both adds as separate kernels, which cost what its one-pass backward saved (docs/benchmarks.md, seventeenth
-session); with the stacked projection and the previous block's add deferred into it, 0.2 ms a step in the
-nineteenth session's experiment, not taken into the model.
+session). With the stacked projection and the previous block's add deferred into it, 0.2-0.3 ms a step (nineteenth
+and twenty-first sessions), but not in the model: two of three processes that compiled that form on an H200 stalled
+without output, for reasons not found (twenty-first session).
 
 Hub payload: imports only torch and (inside `try`) alibi_triton_norm.py.
 """
