@@ -15,14 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alibi_adaptive import LOG_PROB_BYTES, AlibiAdaptiveSoftmax
-from .alibi_ops import autocast_inputs
+from .alibi_ops import IGNORE_INDEX, autocast_inputs
 
 try:  # a Triton kernel for the loss rows on CUDA; plain ops where triton is missing
     from .alibi_triton_loss import cross_entropy_rows, rows_supported
 except ImportError:
     cross_entropy_rows = rows_supported = None
 
-IGNORE_INDEX = -100
 # Devices where linear_cross_entropy's loss rows run as alibi_triton_loss's kernel (one read of the logits)
 # instead of plain ops; () gives plain ops everywhere, as the benchmarks' comparison rows do.
 ROWS_KERNEL_DEVICES = ("cuda",)

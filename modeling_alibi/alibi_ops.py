@@ -1,5 +1,5 @@
 """Registration of the payload's `torch.library` custom ops (cuDNN's ALiBi, the decode kernel, fc1 with its ReLU,
-the loss rows), and the autocast cast their callers make.
+the loss rows), the autocast cast their callers make, and the label the losses skip.
 
 An op name can be registered once per process, and the package and a Hub copy of the same file
 (transformers_modules...) may both be imported, so each op's name carries the name of the module that defines it.
@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+# The label of a position without a target (transformers' labels, PyTorch's `ignore_index` default): every loss and
+# score in the package skips it, in plain ops and in alibi_triton_loss's kernel alike.
+IGNORE_INDEX = -100
 
 
 def custom_op(name: str, module_name: str, function: Callable, fake: Callable) -> torch.library.CustomOpDef:

@@ -29,12 +29,11 @@ try:
 except ImportError as error:
     raise ImportError("alibi_triton_loss needs triton, which CUDA builds of PyTorch install") from error
 
-from .alibi_ops import custom_op
+from .alibi_ops import IGNORE_INDEX, custom_op
 from .alibi_triton_forward import _device_guard
 
 __all__ = ["cross_entropy_rows", "rows_supported"]
 
-IGNORE_INDEX = -100
 _IGNORE_INDEX = tl.constexpr(IGNORE_INDEX)  # the same, readable inside @triton.jit
 MAX_VOCAB = 65_536  # a row is one block: 64K fp32 values spread over 32 warps are 64 registers a thread
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

@@ -19,13 +19,13 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from ..alibi_ops import IGNORE_INDEX
 from ..errors import check_input_file, check_model_folder, check_output_free, int_at_least
 from ..fairseq.eval_lm import eval_lm_windows
 from ..io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 # `evaluate.load(CORPUS_PERPLEXITY_METRIC_PATH)` gives the metric version of `evaluate_perplexity`.
 CORPUS_PERPLEXITY_METRIC_PATH = str(Path(__file__).parent / "metrics" / "corpus_perplexity")
 
