@@ -106,3 +106,16 @@ def gpu_busy(fn: Callable[[], object], reps: int, top: int = 12) -> tuple[float,
     kernels = [dict(name=e.key[:90], ms=round(e.self_device_time_total / 1e3 / reps, 3), calls=e.count // reps)
                for e in events[:top]]
     return total, kernels
+
+
+def host_busy(fn: Callable[[], object], top: int = 20) -> list[dict]:
+    """The host operators and CUDA runtime calls (a synchronization or a blocking copy among them) with the most
+    CPU time of their own over one call, ending with a synchronization."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.key_averages() if e.device_type.name == "CPU"),
+                    key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [dict(name=e.key[:90], ms=round(e.self_cpu_time_total / 1e3, 3), calls=e.count) for e in events[:top]]

@@ -5,6 +5,7 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
   train    one fwd+bwd+fused-AdamW step at L=512 x 16 (bf16): wall ms with a sync after each step, ms per step
            back to back (no sync between steps, as model_bench times them; tok/s comes from this), GPU-busy ms
            (profiler), the first (compiling) step's seconds, the top kernels;
+           the host operators and CUDA runtime calls with the most CPU time of their own in one step;
            the same for `torch.compile(model)`, with dynamo's graph and graph-break count (torch._dynamo.explain).
   decode   batch-1 greedy steps after a 2,048-token prompt into a StaticCache: eager steps, steps compiled as
            generate() compiles them (mode="reduce-overhead": CUDA graphs), and the whole generate() call; wall
@@ -47,7 +48,6 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 import torch._functorch.config  # noqa: E402
 import torch._inductor.config  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import StaticCache  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,7 +56,7 @@ from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 from modeling_alibi import modeling_alibi as modeling  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
 
-from cuda_timing import gpu_busy, host_us  # noqa: E402  (beside this file)
+from cuda_timing import gpu_busy, host_busy, host_us  # noqa: E402  (beside this file)
 
 SIZES = dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=16, num_attention_heads=8, intermediate_size=4096)
 
@@ -244,12 +244,16 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
     row["back_to_back_ms"] = round(host_us(step, 10) / 1e3, 2)
     row["gpu_ms"], row["top_kernels"] = gpu_busy(step, 3, top)
     row["gpu_ms"] = round(row["gpu_ms"], 2)
+    # Where the host's time goes: a step whose host time exceeds its GPU time leaves the GPU waiting.
+    row["top_host"] = host_busy(step)
     row["tok_s"] = round(16 * 512 / row["back_to_back_ms"] * 1e3)
     result.setdefault("train", []).append(row)
     print(f"train {label}: {row['wall_ms']} ms wall (synced), {row['back_to_back_ms']} ms back to back, "
           f"{row['gpu_ms']} ms GPU, {row['tok_s']} tok/s back to back, first step {row['first_step_s']} s",
           {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
     print_top(row["top_kernels"])
+    print("  host, self CPU time (one step):")
+    print_top(row["top_host"][:top])
 
 
 def decode_part(result: dict) -> None:
@@ -382,10 +386,7 @@ def prefill_part(result: dict) -> None:
         call()
     wall = timed(call, 10)
     busy, kernels = gpu_busy(call, 4)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        call()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
-    host = [dict(name=e.key[:90], ms=round(e.self_cpu_time_total / 1e3, 3), calls=e.count) for e in events]
+    host = host_busy(call)
     result["prefill"] = dict(wall_ms=round(wall, 3), gpu_ms=round(busy, 3), top_kernels=kernels, top_host=host)
     print(f"prefill 2,048 + first token: {wall:.3f} ms wall, {busy:.3f} ms GPU", flush=True)
     print_top(kernels)
