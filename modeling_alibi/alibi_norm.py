@@ -13,7 +13,9 @@ up from the q, k and v projections' (three, or one where alibi_packed.py stacks 
 needed both adds as separate kernels, which cost what its one-pass backward saved (docs/benchmarks.md, seventeenth
 session). With the stacked projection and the previous block's add deferred into it, 0.2-0.3 ms a step (nineteenth
 and twenty-first sessions), but not in the model: two of three processes that compiled that form on an H200 stalled
-without output, for reasons not found (twenty-first session).
+without output (twenty-first session), inside inductor's formatting of a lowering error's message, whose arguments
+were a deep tree of unrealized IR; which lowering raised, and why only in some processes, was not found
+(twenty-second session).
 
 Hub payload: imports only torch and (inside `try`) alibi_triton_norm.py.
 """
