@@ -1,21 +1,17 @@
 """The residual add and the LayerNorm after it as one autograd node (`add_layer_norm`), whose backward also
 returns the LayerNorm's weight and bias gradients from its one pass over the rows.
 
-Pre-norm blocks compute `total = residual + delta` and then `layer_norm(total)` after attention, and the backward
-needs the LayerNorm's input gradient plus the residual stream's own. On CUDA both directions are
-alibi_triton_norm.py's kernels (why: see there); elsewhere, and for shapes or dtypes the kernels do not take, ATen's
-`native_layer_norm` and its backward. Pre-norm decoder layers use it in compiled training on CUDA where
-`add_layer_norm_applies` (`AlibiDecoderLayer`).
+Pre-norm blocks compute `total = residual + delta` and then `layer_norm(total)`, and the backward needs the
+LayerNorm's input gradient plus the residual stream's own. On CUDA both directions are alibi_triton_norm.py's
+kernels (why: see there); elsewhere, and for shapes or dtypes the kernels do not take, ATen's `native_layer_norm`
+and its backward. In compiled training on CUDA, where `add_layer_norm_applies`, pre-norm models use it for each
+block's LayerNorm after attention and, with each block's last add left to the next block
+(`modeling_alibi.PendingAdd`), for every block's first LayerNorm but the first block's. The model's final LayerNorm
+stays inductor's (why: `AlibiModel._defers_adds`).
 
-Only the LayerNorm after attention: the one before it normalizes the block's input, whose add (the previous
-block's last) inductor fuses into its own LayerNorm kernel, and whose gradient inductor's LayerNorm backward adds
-up from the q, k and v projections' (three, or one where alibi_packed.py stacks them). As a node of its own it
-needed both adds as separate kernels, which cost what its one-pass backward saved (docs/benchmarks.md, seventeenth
-session). With the stacked projection and the previous block's add deferred into it, 0.2-0.3 ms a step (nineteenth
-and twenty-first sessions), but not in the model: two of three processes that compiled that form on an H200 stalled
-without output (twenty-first session), inside inductor's formatting of a lowering error's message, whose arguments
-were a deep tree of unrealized IR; which lowering raised, and why only in some processes, was not found
-(twenty-second session).
+Why the deferred add: the first LayerNorm as a node of its own needed the previous block's add as a separate
+kernel, which cost what its one-pass backward saved (docs/benchmarks.md, seventeenth session); with the add done in
+the node, 0.2-0.3 ms off a 24 ms step (nineteenth, twenty-first and twenty-third sessions).
 
 Hub payload: imports only torch and (inside `try`) alibi_triton_norm.py.
 """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +154,14 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+class PendingAdd(NamedTuple):
+    """A pre-norm block's last residual add, `residual + delta`, not yet done: compiled training passes it to the
+    next LayerNorm (the next block's first, or the model's final one), which does it in one node (alibi_norm.py)."""
+
+    residual: torch.Tensor
+    delta: torch.Tensor
+
+
 class AlibiDecoderLayer(GradientCheckpointingLayer):
     """A transformer block, pre-norm or post-norm (fairseq `decoder_normalize_before`)."""
 
@@ -168,35 +176,44 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
 
     def forward(
         self,
-        hidden_states: torch.Tensor,
+        hidden_states: torch.Tensor | PendingAdd,
         attention_mask: AlibiAttentionMask,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
         output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
+        defer_add: bool = False,
+    ) -> tuple[torch.Tensor | PendingAdd, torch.Tensor | None]:
+        """`hidden_states` may be the previous pre-norm block's `PendingAdd`; with `defer_add` (pre-norm only) this
+        block returns its own last add as one (`AlibiModel._defers_adds`)."""
+        if isinstance(hidden_states, PendingAdd):
+            residual, hidden_states = _add_and_norm(*hidden_states, self.self_attn_layer_norm)
+        else:
+            residual = hidden_states
+            if self.normalize_before:
+                hidden_states = self.self_attn_layer_norm(hidden_states)
         hidden_states, weights = self.self_attn(hidden_states, attention_mask, rotary, cache, output_attentions)
         hidden_states = self.dropout(hidden_states)
         if self.normalize_before:
-            residual, hidden_states = self._add_and_norm(residual, hidden_states)
+            residual, hidden_states = _add_and_norm(residual, hidden_states, self.final_layer_norm)
         else:
             residual = hidden_states = self.self_attn_layer_norm(residual + hidden_states)
 
-        hidden_states = residual + self.dropout(self.mlp(hidden_states))
+        delta = self.dropout(self.mlp(hidden_states))
+        if defer_add:
+            return PendingAdd(residual, delta), weights
+        hidden_states = residual + delta
         if not self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, weights
 
-    def _add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(residual + delta, final_layer_norm of it). In compiled training, one node whose backward takes one pass
-        over the rows and adds the residual stream's gradient in it (alibi_norm.py)."""
-        norm = self.final_layer_norm
-        if _compiled_training(residual, FUSED_NORM_DEVICES) and add_layer_norm_applies(residual, delta, norm):
-            return add_layer_norm(residual, delta, norm)
-        total = residual + delta
-        return total, norm(total)
+
+def _add_and_norm(residual: torch.Tensor, delta: torch.Tensor, norm: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(residual + delta, norm of it). In compiled training, one node whose backward takes one pass over the rows
+    and adds the residual stream's gradient in it (alibi_norm.py)."""
+    if _compiled_training(residual, FUSED_NORM_DEVICES) and add_layer_norm_applies(residual, delta, norm):
+        return add_layer_norm(residual, delta, norm)
+    total = residual + delta
+    return total, norm(total)
 
 
 class AlibiPreTrainedModel(PreTrainedModel):
@@ -325,10 +342,13 @@ class AlibiModel(AlibiPreTrainedModel):
         output_hidden_states: bool,
     ) -> BaseModelOutputWithPast:
         all_hidden_states, all_attentions = [], []
-        for layer in self.layers:
+        defer_add = self._defers_adds(hidden_states, output_hidden_states)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-            hidden_states, weights = layer(hidden_states, mask, rotary, cache, output_attentions)
+            hidden_states, weights = layer(
+                hidden_states, mask, rotary, cache, output_attentions, defer_add=defer_add and i < last)
             if output_attentions:
                 all_attentions.append(weights)
         if self.norm is not None:
@@ -340,6 +360,28 @@ class AlibiModel(AlibiPreTrainedModel):
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states, hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None, **{CACHE_NAME: cache},
+        )
+
+    def _defers_adds(self, hidden_states: torch.Tensor, output_hidden_states: bool) -> bool:
+        """Whether pre-norm blocks leave their last residual add to the next block's first LayerNorm (`PendingAdd`):
+        in compiled training where alibi_norm's node serves that norm, so that it is a node too. On an H200 that took
+        0.3 ms off a 24.2 ms step (docs/benchmarks.md, twenty-first and twenty-third sessions). Not where the hidden
+        states are returned or recomputed (gradient checkpointing), which need the sums themselves.
+
+        The last block keeps its add, and the final LayerNorm stays inductor's. As a node it would put a chain of
+        extern kernels from the first block to the head under the loss's custom op, and inductor in torch 2.11 (our
+        floor; 2.13 and newer format it lazily) formats that op's arguments when it first meets it, log level or
+        not (`GraphLowering.call_function`'s "Creating implicit fallback" line). `ExternKernel.__str__` prints each
+        input again for every path to it: that did not finish in a minute on an H200's host, then overflowed the C
+        stack (twenty-first to twenty-third sessions)."""
+        first = self.layers[0] if len(self.layers) else None
+        return (
+            first is not None
+            and self.config.normalize_before
+            and not output_hidden_states
+            and not (self.gradient_checkpointing and self.training)
+            and _compiled_training(hidden_states, FUSED_NORM_DEVICES)
+            and add_layer_norm_applies(hidden_states, hidden_states, first.self_attn_layer_norm)
         )
 
     def _cache_for_call(self, cache: Cache | None, use_cache: bool | None) -> Cache | None:

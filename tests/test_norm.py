@@ -67,20 +67,64 @@ def _count_calls(monkeypatch) -> list:
     return calls
 
 
-def test_compiled_training_step_on_the_fused_add_norm_equals_eager(monkeypatch):
-    """Pre-norm layers use it once each in compiled training (on the CPU here); loss and every gradient as eager."""
+def _served_norms(model, calls) -> list[str]:
+    """The names of the LayerNorms the node served, in call order."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(norm)] for *_, norm in calls]
+
+
+def _expected_norms(model) -> list[str]:
+    """Pre-norm compiled training: each block's LayerNorm after attention and the first LayerNorm of every block
+    after the first (which does the previous block's last add). Not the final LayerNorm: the last block keeps its
+    add (`AlibiModel._defers_adds` says why)."""
+    layers = range(model.config.num_hidden_layers)
+    return [name for i in layers for name in (
+        [f"model.layers.{i}.self_attn_layer_norm"] if i else []) + [f"model.layers.{i}.final_layer_norm"]]
+
+
+@pytest.mark.parametrize("final_norm", [True, False], ids=["final-norm", "no-final-norm"])
+def test_compiled_training_step_on_the_fused_add_norm_equals_eager(monkeypatch, final_norm):
+    """Compiled training (on the CPU here) runs the node for every pre-norm LayerNorm that follows a residual add,
+    but the final one; loss and every gradient as eager."""
     monkeypatch.setattr(modeling, "FUSED_NORM_DEVICES", ("cpu",))
     calls = _count_calls(monkeypatch)
-    eager = tiny_model().train()
+    eager = tiny_model(num_hidden_layers=3, final_layer_norm=final_norm).train()
     model = copy.deepcopy(eager)
     ids = torch.randint(3, 99, (2, 12))
     expected = training_loss(eager)(input_ids=ids, labels=ids)
     assert calls == []  # eager: the separate ops
     actual = torch.compile(training_loss(model), fullgraph=True)(input_ids=ids, labels=ids)
-    assert len(calls) == model.config.num_hidden_layers
+    assert _served_norms(model, calls) == _expected_norms(model)
     expected.backward()
     actual.backward()
     assert_close(actual, expected)
+    for (name, p), q in zip(eager.named_parameters(), model.parameters(), strict=True):
+        assert_close(q.grad, p.grad, msg=name)
+
+
+@pytest.mark.parametrize("case", ["hidden-states", "checkpointing"])
+def test_blocks_add_their_own_residual_where_the_sums_are_needed(monkeypatch, case):
+    """Returned hidden states are the blocks' sums, and gradient checkpointing recomputes one block at a time from
+    tensor inputs: both keep each block's last add in the block. Values and every gradient as eager."""
+    monkeypatch.setattr(modeling, "FUSED_NORM_DEVICES", ("cpu",))
+    calls = _count_calls(monkeypatch)
+    eager = tiny_model().train()
+    model = copy.deepcopy(eager)
+    if case == "checkpointing":
+        model.gradient_checkpointing_enable()
+    ids = torch.randint(3, 99, (2, 12))
+    kwargs = dict(output_hidden_states=case == "hidden-states")
+    expected = eager(input_ids=ids, labels=ids, **kwargs)
+    actual = torch.compile(model)(input_ids=ids, labels=ids, **kwargs)
+    served = _served_norms(model, calls)
+    assert all(name.endswith(".final_layer_norm") for name in served), served  # no block's first, no model.norm
+    if case == "hidden-states":
+        assert len(served) == 2  # the node after attention still serves
+    expected.loss.backward()
+    actual.loss.backward()
+    assert_close(actual.loss, expected.loss)
+    for got, want in zip(actual.hidden_states or (), expected.hidden_states or (), strict=True):
+        assert_close(got, want)
     for (name, p), q in zip(eager.named_parameters(), model.parameters(), strict=True):
         assert_close(q.grad, p.grad, msg=name)
 
@@ -191,7 +235,8 @@ def test_gpu_compiled_training_on_the_norm_kernels_is_as_accurate_as_eager(monke
     ids = torch.randint(3, 32_000, (4, 256), device="cuda")
     assert_compiled_step_as_accurate_as_eager(
         base, lambda model: torch.compile(training_loss(model), mode="reduce-overhead"), ids, params)
-    assert len(calls) == (base.config.num_hidden_layers if params == torch.bfloat16 else 0)
+    # the helper's own copy ran, so by count: every LayerNorm after a residual add
+    assert len(calls) == (len(_expected_norms(base)) if params == torch.bfloat16 else 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
