@@ -156,7 +156,7 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 class PendingAdd(NamedTuple):
     """A pre-norm block's last residual add, `residual + delta`, not yet done: compiled training passes it to the
-    next LayerNorm (the next block's first, or the model's final one), which does it in one node (alibi_norm.py)."""
+    next block, whose first LayerNorm does it in one node (alibi_norm.py)."""
 
     residual: torch.Tensor
     delta: torch.Tensor
