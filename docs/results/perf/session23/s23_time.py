@@ -1,10 +1,9 @@
-"""Session 22: step ms of the bench model (16 x 512, fused AdamW, bf16 parameters) compiled three ways (VARIANTS:
-mode reduce-overhead; the same options with inductor's mix-order reduction off; with combo kernels), interleaved;
-and each variant's kernel census over 5 steps (GPU busy ms per step, launches per step, top kernels).
+"""Session 23: the twenty-second session's s22_time.py (step ms of the bench model, 16 x 512, fused AdamW, bf16
+parameters, variants interleaved, each variant's kernel census over 5 steps) with one more variant, "lt": mode
+reduce-overhead with torch.backends.cuda.preferred_blas_library("cublaslt") set before compiling ("cublas" for the
+others). Call 1 ran it from .ab/:
 
-    python3 s22_time.py OUTDIR ro,nomix,combo,ro,nomix,combo
-
-The twenty-first session's s21_time.py with the deferral switch replaced by VARIANTS (run from .ab/ in call 2).
+    python3 s23_time.py OUTDIR ro,lt,ro,lt
 """
 import faulthandler
 import json
