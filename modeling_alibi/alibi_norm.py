@@ -6,8 +6,14 @@ LayerNorm's input gradient plus the residual stream's own. On CUDA both directio
 kernels (why: see there); elsewhere, and for shapes or dtypes the kernels do not take, ATen's `native_layer_norm`
 and its backward. In compiled training on CUDA, where `add_layer_norm_applies`, pre-norm models use it for each
 block's LayerNorm after attention and, with each block's last add left to the next block
-(`modeling_alibi.PendingAdd`), for every block's first LayerNorm but the first block's. The model's final LayerNorm
-stays inductor's (why: `AlibiModel._defers_adds`).
+(`PendingAdd`), for every block's first LayerNorm but the first block's (`AlibiModel._defers_adds` decides).
+
+The last block keeps its add, and the model's final LayerNorm stays inductor's. As a node it would put a chain of
+extern kernels from the first block to the head under the loss's custom op, and inductor in torch 2.11 (our floor;
+2.13 and newer format it lazily) formats that op's arguments when it first meets it, log level or not
+(`GraphLowering.call_function`'s "Creating implicit fallback" line). `ExternKernel.__str__` prints each input again
+for every path to it: that did not finish in a minute on an H200's host, then overflowed the C stack
+(docs/benchmarks.md, twenty-first to twenty-third sessions).
 
 Why the deferred add: the first LayerNorm as a node of its own needed the previous block's add as a separate
 kernel, which cost what its one-pass backward saved (docs/benchmarks.md, seventeenth session); with the add done in
@@ -18,7 +24,7 @@ Hub payload: imports only torch and (inside `try`) alibi_triton_norm.py.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -63,6 +69,14 @@ class _AddLayerNorm(torch.autograd.Function):
                 grad_normed, total, total.shape[-1:], mean, rstd, weight, bias, [True, True, True])
             grad = grad + grad_total
         return grad, grad, grad_weight, grad_bias, None
+
+
+class PendingAdd(NamedTuple):
+    """A pre-norm block's last residual add, `residual + delta`, not yet done: compiled training passes it to the
+    next block, whose first LayerNorm does it in one node (`add_layer_norm`)."""
+
+    residual: torch.Tensor
+    delta: torch.Tensor
 
 
 def add_layer_norm_applies(residual: torch.Tensor, delta: torch.Tensor, norm: nn.LayerNorm) -> bool:

@@ -1,5 +1,6 @@
 """Registration of the payload's `torch.library` custom ops (cuDNN's ALiBi, the decode kernel, fc1 with its ReLU,
-the loss rows), the autocast cast their callers make, and the label the losses skip.
+the loss rows, the norm kernels), the test for compiled training that gates them, the autocast cast their callers
+make, and the label the losses skip.
 
 An op name can be registered once per process, and the package and a Hub copy of the same file
 (transformers_modules...) may both be imported, so each op's name carries the name of the module that defines it.
@@ -40,6 +41,12 @@ def triton_op(name: str, module_name: str, function: Callable) -> torch.library.
     host time per call on an H200's host, where compiled training without CUDA graphs is host-bound
     (docs/benchmarks.md, twenty-second and twenty-third sessions)."""
     return torch.library.triton_op(_op_name(name, module_name), mutates_args=())(function)
+
+
+def compiled_training(hidden_states: torch.Tensor, devices: tuple[str, ...]) -> bool:
+    """Training under torch.compile on one of `devices`: where the model's fused training ops run (alibi_packed.py,
+    alibi_norm.py, alibi_linear_relu.py), as measured there."""
+    return hidden_states.device.type in devices and torch.is_grad_enabled() and torch.compiler.is_compiling()
 
 
 def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

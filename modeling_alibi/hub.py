@@ -31,10 +31,10 @@ PAYLOAD = (
     "alibi_positions.py",  # the baselines' position encodings
     "alibi_adaptive.py",  # adaptive input and softmax
     "alibi_loss.py",  # the causal-LM loss in bounded memory
-    "alibi_linear_relu.py",  # fc1 and ReLU as one GEMM when compiled
+    "alibi_linear_relu.py",  # the MLP, whose fc1 and ReLU run as one GEMM when compiled
     "alibi_norm.py",  # residual add and LayerNorm as one node in compiled training
     "alibi_packed.py",  # q, k and v as one GEMM into cuDNN's ALiBi in compiled training
-    "alibi_ops.py",  # custom-op registration, one name per copy of a file
+    "alibi_ops.py",  # custom-op registration (one name per copy of a file), the compiled-training gate
     "alibi_generation.py",  # chunked prefill, generate's mask hook and its fast greedy path
     "alibi_decoding.py",  # graph_generate: static cache, one CUDA graph per token
     "alibi_triton.py",  # fused ALiBi flash attention: entry point and autograd

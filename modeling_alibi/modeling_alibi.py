@@ -14,8 +14,7 @@ Hub payload: hub.PAYLOAD lists the files. They import only torch, transformers, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +46,11 @@ from .alibi_kwargs import (
     reject_unknown,
     take_cache,
 )
-from .alibi_linear_relu import fused_linear_relu
+from .alibi_linear_relu import AlibiMLP
 from .alibi_loss import causal_lm_loss, target_log_probs
 from .alibi_mask import AlibiAttentionMask, alibi_bias, alibi_slopes, build_attention_mask, tracing
-from .alibi_norm import add_layer_norm, add_layer_norm_applies
+from .alibi_norm import PendingAdd, add_layer_norm, add_layer_norm_applies
+from .alibi_ops import compiled_training
 from .alibi_packed import packed_qkv_applies, packed_qkv_attention
 from .alibi_positions import add_positions, apply_rotary
 from .configuration_alibi import AlibiConfig
@@ -113,7 +113,7 @@ class AlibiAttention(nn.Module):
 
     def _packs_qkv(self, hidden_states: torch.Tensor, mask: AlibiAttentionMask) -> bool:
         """Compiled training of a call cuDNN serves: q, k, v as one GEMM (alibi_packed.py)."""
-        return _compiled_training(hidden_states, PACKED_QKV_DEVICES) and packed_qkv_applies(self, hidden_states, mask)
+        return compiled_training(hidden_states, PACKED_QKV_DEVICES) and packed_qkv_applies(self, hidden_states, mask)
 
     def _project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(query, key, value), each (b, q, hidden): three projections, or one stacked one (`fused_qkv`)."""
@@ -122,44 +122,9 @@ class AlibiAttention(nn.Module):
         return F.linear(hidden_states, *self.fused_qkv).chunk(3, dim=-1)  # views of (b, q, 3 * hidden)
 
 
-class AlibiMLP(nn.Module):
-    def __init__(self, config: AlibiConfig):
-        super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
-        self.activation = _ACTIVATIONS[config.activation_function]
-        self.dropout = nn.Dropout(config.activation_dropout)
-        self.fuse_relu = config.activation_function == "relu" and config.use_bias
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # fc1's bias and ReLU in the GEMM's epilogue (the same values, one kernel fewer); not in decoding's graphs
-        if self.fuse_relu and _compiled_training(hidden_states, FUSED_RELU_DEVICES):
-            return self.fc2(self.dropout(fused_linear_relu(hidden_states, self.fc1)))
-        return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
-
-
-# Where compiled training runs fc1 and ReLU as one cuBLASLt GEMM (alibi_linear_relu.py), a pre-norm layer's second
-# residual add and LayerNorm as one node (alibi_norm.py), and q, k, v as one GEMM (alibi_packed.py): measured on CUDA.
-FUSED_RELU_DEVICES = FUSED_NORM_DEVICES = PACKED_QKV_DEVICES = ("cuda",)
-
-
-def _compiled_training(hidden_states: torch.Tensor, devices: tuple[str, ...]) -> bool:
-    """Training under torch.compile on one of `devices`: where the fused ops above were measured."""
-    return hidden_states.device.type in devices and torch.is_grad_enabled() and torch.compiler.is_compiling()
-
-
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-}
-
-
-class PendingAdd(NamedTuple):
-    """A pre-norm block's last residual add, `residual + delta`, not yet done: compiled training passes it to the
-    next block, whose first LayerNorm does it in one node (alibi_norm.py)."""
-
-    residual: torch.Tensor
-    delta: torch.Tensor
+# Where compiled training runs a pre-norm layer's residual adds and LayerNorms as one node (alibi_norm.py) and q, k,
+# v as one GEMM (alibi_packed.py): measured on CUDA. fc1 and ReLU: alibi_linear_relu.FUSED_RELU_DEVICES.
+FUSED_NORM_DEVICES = PACKED_QKV_DEVICES = ("cuda",)
 
 
 class AlibiDecoderLayer(GradientCheckpointingLayer):
@@ -210,7 +175,7 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
 def _add_and_norm(residual: torch.Tensor, delta: torch.Tensor, norm: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual + delta, norm of it). In compiled training, one node whose backward takes one pass over the rows
     and adds the residual stream's gradient in it (alibi_norm.py)."""
-    if _compiled_training(residual, FUSED_NORM_DEVICES) and add_layer_norm_applies(residual, delta, norm):
+    if compiled_training(residual, FUSED_NORM_DEVICES) and add_layer_norm_applies(residual, delta, norm):
         return add_layer_norm(residual, delta, norm)
     total = residual + delta
     return total, norm(total)
@@ -363,24 +328,18 @@ class AlibiModel(AlibiPreTrainedModel):
         )
 
     def _defers_adds(self, hidden_states: torch.Tensor, output_hidden_states: bool) -> bool:
-        """Whether pre-norm blocks leave their last residual add to the next block's first LayerNorm (`PendingAdd`):
-        in compiled training where alibi_norm's node serves that norm, so that it is a node too. On an H200 that took
-        0.3 ms off a 24.2 ms step (docs/benchmarks.md, twenty-first and twenty-third sessions). Not where the hidden
-        states are returned or recomputed (gradient checkpointing), which need the sums themselves.
-
-        The last block keeps its add, and the final LayerNorm stays inductor's. As a node it would put a chain of
-        extern kernels from the first block to the head under the loss's custom op, and inductor in torch 2.11 (our
-        floor; 2.13 and newer format it lazily) formats that op's arguments when it first meets it, log level or
-        not (`GraphLowering.call_function`'s "Creating implicit fallback" line). `ExternKernel.__str__` prints each
-        input again for every path to it: that did not finish in a minute on an H200's host, then overflowed the C
-        stack (twenty-first to twenty-third sessions)."""
+        """Whether pre-norm blocks but the last leave their last residual add to the next block's first LayerNorm
+        (`PendingAdd`): in compiled training where alibi_norm's node serves that norm, so that it is a node too (why
+        not the last block: alibi_norm.py). On an H200 that took 0.3 ms off a 24.2 ms step (docs/benchmarks.md,
+        twenty-first and twenty-third sessions). Not where the hidden states are returned or recomputed (gradient
+        checkpointing), which need the sums themselves."""
         first = self.layers[0] if len(self.layers) else None
         return (
             first is not None
             and self.config.normalize_before
             and not output_hidden_states
             and not (self.gradient_checkpointing and self.training)
-            and _compiled_training(hidden_states, FUSED_NORM_DEVICES)
+            and compiled_training(hidden_states, FUSED_NORM_DEVICES)
             and add_layer_norm_applies(hidden_states, hidden_states, first.self_attn_layer_norm)
         )
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-import modeling_alibi.modeling_alibi as modeling
+from modeling_alibi import alibi_linear_relu
 from modeling_alibi.alibi_linear_relu import fused_linear_relu, linear_relu
 from modeling_alibi.training.loop import training_loss
 
@@ -68,12 +68,17 @@ def _graph_ops(graphs: list) -> set[str]:
 def test_compiled_training_on_the_fused_op_matches_eager(monkeypatch, use_bias, fused):
     """With the CPU allowed, a compiled training loss calls the op (only where fc1 has a bias) and gives the eager
     model's loss and gradients; the eager model never calls it."""
-    monkeypatch.setattr(modeling, "FUSED_RELU_DEVICES", ("cpu",))
+    monkeypatch.setattr(alibi_linear_relu, "FUSED_RELU_DEVICES", ("cpu",))
     eager = tiny_model(use_bias=use_bias, activation_dropout=0.0).train()
     model = copy.deepcopy(eager)
     backend, graphs = _recording_backend()
     calls = []
-    monkeypatch.setattr(modeling, "fused_linear_relu", lambda *args: calls.append(args) or fused_linear_relu(*args))
+
+    def recorded(*args):
+        calls.append(args)
+        return fused_linear_relu(*args)
+
+    monkeypatch.setattr(alibi_linear_relu, "fused_linear_relu", recorded)
     ids = torch.randint(3, 99, (2, 12))
     expected = training_loss(eager)(input_ids=ids, labels=ids)
     assert calls == []
@@ -88,7 +93,7 @@ def test_compiled_training_on_the_fused_op_matches_eager(monkeypatch, use_bias, 
 
 def test_compiled_inference_keeps_the_separate_relu(monkeypatch):
     """Without gradients (decoding, evaluation) the compiled model keeps fc1 and ReLU apart, as measured."""
-    monkeypatch.setattr(modeling, "FUSED_RELU_DEVICES", ("cpu",))
+    monkeypatch.setattr(alibi_linear_relu, "FUSED_RELU_DEVICES", ("cpu",))
     model = tiny_model()
     backend, graphs = _recording_backend()
     ids = torch.randint(3, 99, (2, 12))

@@ -253,7 +253,7 @@ def test_relu_backward_kernel_serves_float32_and_narrower_only(monkeypatch, dtyp
         masked = torch.where(output > 0, grad, 0)
         return masked, masked.sum(0)
 
-    monkeypatch.setattr(modeling, "FUSED_RELU_DEVICES", ("cpu",))
+    monkeypatch.setattr(alibi_linear_relu, "FUSED_RELU_DEVICES", ("cpu",))
     monkeypatch.setattr(alibi_linear_relu, "RELU_KERNEL_DEVICES", ("cpu",))
     monkeypatch.setattr(alibi_linear_relu, "relu_backward_with_bias", recorder)
     model = tiny_model().to(dtype).train()
