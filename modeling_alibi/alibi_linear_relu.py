@@ -12,7 +12,8 @@ pass on CUDA (alibi_triton_norm.py), where inductor writes the masked gradient a
 `AlibiMLP` uses it only inside `torch.compile`: eagerly, a custom op's dispatch costs more host time than the
 kernel it saves (see alibi_cudnn.py's `_EagerCudnnAlibi`).
 
-Hub payload: imports only torch and its siblings alibi_ops.py and (inside `try`) alibi_triton_norm.py.
+Hub payload: imports only torch and its siblings alibi_ops.py, (inside `try`) alibi_triton_norm.py and (for type
+hints only) configuration_alibi.py.
 """
 
 from __future__ import annotations
