@@ -3,7 +3,7 @@
 The decoder layers and the model classes. What they read per call comes from alibi_mask.py (positions, padding,
 slopes: built once per forward), attention runs through alibi_attention.py's backends, the baselines' position
 encodings are in alibi_positions.py, adaptive input and softmax in alibi_adaptive.py, the loss in alibi_loss.py,
-compiled training's fused fc1 and ReLU in alibi_linear_relu.py, its fused residual add and LayerNorm in
+the MLP (with compiled training's fused fc1 and ReLU) in alibi_linear_relu.py, its fused residual add and LayerNorm in
 alibi_norm.py and its stacked q, k and v projection in alibi_packed.py, chunked prefill and generate's mask hook
 in alibi_generation.py, and transformers' keyword and cache contract in alibi_kwargs.py.
 
