@@ -23,6 +23,7 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.jit import JITFunction
 except ImportError as error:
     raise ImportError("alibi_triton_norm needs triton, which CUDA builds of PyTorch install") from error
 
@@ -183,13 +184,20 @@ def _programs(n_rows: int, rows_at_once: int, programs: int) -> tuple[int, int]:
     return triton.cdiv(max(n_rows, 1), per_program), per_program
 
 
+def _launcher(kernel):
+    """`kernel`, for `[grid](...)`: through `wrap_triton`, so that inductor launches it from its own code; as it is
+    under Triton's interpreter (TRITON_INTERPRET=1, tests/test_norm.py), whose kernels are not JITFunctions and which
+    torch 2.11's `wrap_triton` refuses."""
+    return wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
+
+
 def _sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(n_partials, n) fp32 -> (n,) in `dtype`. Narrow column blocks, so that there are many programs, each
     reading all its rows at once (up to 256 of them): in 64-row steps the 256 partials took 4 µs a call."""
     n_partials, n = partial.shape
     out = torch.empty(n, device=partial.device, dtype=dtype)
     block_rows = min(256, triton.next_power_of_2(max(n_partials, 1)))
-    wrap_triton(_sum_partials_kernel)[(triton.cdiv(n, 16),)](
+    _launcher(_sum_partials_kernel)[(triton.cdiv(n, 16),)](
         partial, out, n_partials, n, BLOCK_ROWS=block_rows, BLOCK_COLS=16)
     return out
 
@@ -204,7 +212,7 @@ def _add_norm_forward(
     block = triton.next_power_of_2(n_cols)
     if n_rows:
         with _device_guard(residual):
-            wrap_triton(_add_norm_forward_kernel)[(triton.cdiv(n_rows, NORM_ROWS),)](
+            _launcher(_add_norm_forward_kernel)[(triton.cdiv(n_rows, NORM_ROWS),)](
                 residual, delta, weight, bias, total, normed, mean, rstd, n_rows, n_cols, eps,
                 BLOCK=block, ROWS=NORM_ROWS, num_warps=_norm_warps(block))
     return total, normed, mean, rstd
@@ -225,7 +233,7 @@ def _add_norm_backward(
     partial = torch.empty(programs, 2 * n_cols, device=total.device, dtype=torch.float32)  # (programs, 2 * cols)
     block = triton.next_power_of_2(n_cols)
     with _device_guard(total):
-        wrap_triton(_add_norm_backward_kernel)[(programs,)](
+        _launcher(_add_norm_backward_kernel)[(programs,)](
             grad_normed, grad_total, total, weight, mean, rstd, grad, partial, n_rows, n_cols, per_program,
             BLOCK=block, ROWS=NORM_ROWS, num_warps=min(NORM_BACKWARD_WARPS, _norm_warps(block, 4)))
         sums = _sum_partials(partial, weight.dtype).view(2, n_cols)  # the weight's gradient, then the bias's
@@ -245,7 +253,7 @@ def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tens
     programs, per_program = _programs(n_rows, RELU_ROWS, max(1, RELU_PROGRAMS // column_blocks))
     partial = torch.empty(programs, n_cols, device=grad.device, dtype=torch.float32)
     with _device_guard(grad):
-        wrap_triton(_relu_backward_kernel)[(programs, column_blocks)](
+        _launcher(_relu_backward_kernel)[(programs, column_blocks)](
             grad, output, grad_in, partial, n_rows, n_cols, per_program,
             BLOCK_ROWS=RELU_ROWS, BLOCK_COLS=RELU_COLUMNS, num_warps=8)
         grad_bias = _sum_partials(partial, grad.dtype)
