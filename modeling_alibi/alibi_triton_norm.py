@@ -27,7 +27,7 @@ try:
 except ImportError as error:
     raise ImportError("alibi_triton_norm needs triton, which CUDA builds of PyTorch install") from error
 
-from torch.library import wrap_triton
+from torch.library import wrap_triton as _torch_wrap_triton
 
 from .alibi_ops import triton_op
 from .alibi_triton_forward import _device_guard
@@ -184,11 +184,12 @@ def _programs(n_rows: int, rows_at_once: int, programs: int) -> tuple[int, int]:
     return triton.cdiv(max(n_rows, 1), per_program), per_program
 
 
-def _launcher(kernel):
-    """`kernel`, for `[grid](...)`: through `wrap_triton`, so that inductor launches it from its own code; as it is
+def wrap_triton(kernel):
+    """`torch.library.wrap_triton(kernel)`, so that inductor launches the kernel from its own code; the kernel itself
     under Triton's interpreter (TRITON_INTERPRET=1, tests/test_norm.py), whose kernels are not JITFunctions and which
-    torch 2.11's `wrap_triton` refuses."""
-    return wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
+    torch 2.11's `wrap_triton` refuses. Named as torch's: `triton_op` finds an op's kernels (for its compile-cache
+    keys) by looking for `wrap_triton(<kernel>)` calls in the op's source."""
+    return _torch_wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
 
 
 def _sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -197,7 +198,7 @@ def _sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n_partials, n = partial.shape
     out = torch.empty(n, device=partial.device, dtype=dtype)
     block_rows = min(256, triton.next_power_of_2(max(n_partials, 1)))
-    _launcher(_sum_partials_kernel)[(triton.cdiv(n, 16),)](
+    wrap_triton(_sum_partials_kernel)[(triton.cdiv(n, 16),)](
         partial, out, n_partials, n, BLOCK_ROWS=block_rows, BLOCK_COLS=16)
     return out
 
@@ -212,7 +213,7 @@ def _add_norm_forward(
     block = triton.next_power_of_2(n_cols)
     if n_rows:
         with _device_guard(residual):
-            _launcher(_add_norm_forward_kernel)[(triton.cdiv(n_rows, NORM_ROWS),)](
+            wrap_triton(_add_norm_forward_kernel)[(triton.cdiv(n_rows, NORM_ROWS),)](
                 residual, delta, weight, bias, total, normed, mean, rstd, n_rows, n_cols, eps,
                 BLOCK=block, ROWS=NORM_ROWS, num_warps=_norm_warps(block))
     return total, normed, mean, rstd
@@ -233,7 +234,7 @@ def _add_norm_backward(
     partial = torch.empty(programs, 2 * n_cols, device=total.device, dtype=torch.float32)  # (programs, 2 * cols)
     block = triton.next_power_of_2(n_cols)
     with _device_guard(total):
-        _launcher(_add_norm_backward_kernel)[(programs,)](
+        wrap_triton(_add_norm_backward_kernel)[(programs,)](
             grad_normed, grad_total, total, weight, mean, rstd, grad, partial, n_rows, n_cols, per_program,
             BLOCK=block, ROWS=NORM_ROWS, num_warps=min(NORM_BACKWARD_WARPS, _norm_warps(block, 4)))
         sums = _sum_partials(partial, weight.dtype).view(2, n_cols)  # the weight's gradient, then the bias's
@@ -253,7 +254,7 @@ def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tens
     programs, per_program = _programs(n_rows, RELU_ROWS, max(1, RELU_PROGRAMS // column_blocks))
     partial = torch.empty(programs, n_cols, device=grad.device, dtype=torch.float32)
     with _device_guard(grad):
-        _launcher(_relu_backward_kernel)[(programs, column_blocks)](
+        wrap_triton(_relu_backward_kernel)[(programs, column_blocks)](
             grad, output, grad_in, partial, n_rows, n_cols, per_program,
             BLOCK_ROWS=RELU_ROWS, BLOCK_COLS=RELU_COLUMNS, num_warps=8)
         grad_bias = _sum_partials(partial, grad.dtype)
