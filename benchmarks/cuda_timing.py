@@ -5,8 +5,9 @@ benchmarks (attention_bench.py, triton_alibi_bench.py, decode_kernel_bench.py). 
 timer for the device rates (harness.py): CUDA events on a GPU, wall time on the CPU. `mean_ms` is the cuDNN probe's
 timing (shared/research/anchor-bench/cudnn_alibi_probe.py), used by cudnn_bench.py, and `host_us` the host cost per
 call at shapes where the GPU waits on the host (cudnn_bench.py, cudnn_host_profile.py). `copy_gb_s` is the kernel
-benchmarks' bandwidth floor (decode_kernel_bench.py, loss_bench.py, norm_bench.py), and `gpu_busy` the sum of the
-kernels' own times under torch.profiler where host time would hide them (step_profile.py, norm_bench.py). Not a
+benchmarks' bandwidth floor (decode_kernel_bench.py, loss_bench.py, norm_bench.py), `gpu_busy` the sum of the
+kernels' own times under torch.profiler where host time would hide them (step_profile.py, norm_bench.py), and
+`gpu_timeline` what separates a GPU-bound call's span from its kernels' time (step_profile.py). Not a
 script; it measures nothing by itself and prints nothing. It runs inside those scripts, e.g. on the GPU machine:
 
     HF_HUB_OFFLINE=1 python3 benchmarks/attention_bench.py --lengths 1024,4096
@@ -119,3 +120,33 @@ def host_busy(fn: Callable[[], object], top: int = 20) -> list[dict]:
     events = sorted((e for e in prof.key_averages() if e.device_type.name == "CPU"),
                     key=lambda e: e.self_cpu_time_total, reverse=True)
     return [dict(name=e.key[:90], ms=round(e.self_cpu_time_total / 1e3, 3), calls=e.count) for e in events[:top]]
+
+
+def gpu_timeline(fn: Callable[[], object], reps: int, top: int = 12) -> dict:
+    """Where a GPU-bound call's time goes between its kernels: `reps` back-to-back calls under torch.profiler,
+    per call the span from the first kernel's start to the last one's end, the time some kernel ran (busy), the
+    idle time between kernels (gaps) and the device activities (launches); and the `top` longest gaps with the
+    kernels on either side. Inside CUDA graphs there is no host gap to hide, so what separates span from busy is
+    the GPU's own time from one kernel's end to the next one's start."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type.name == "CUDA")
+    busy, gaps, reach = 0.0, [], spans[0][0]
+    for (start, end, name), before in zip(spans, [None, *spans[:-1]], strict=True):
+        if start > reach:
+            gaps.append((start - reach, before[2] if before else "", name))
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    gaps.sort(reverse=True)
+    per_call = 1e3 * reps  # microseconds over reps calls -> ms per call
+    return dict(span_ms=round((reach - spans[0][0]) / per_call, 3), busy_ms=round(busy / per_call, 3),
+                gap_ms=round(sum(g[0] for g in gaps) / per_call, 3), launches=len(spans) // reps,
+                gaps_over_5us=sum(g[0] > 5 for g in gaps) // reps,
+                top_gaps=[dict(us=round(g, 1), after=a[:70], before=b[:70]) for g, a, b in gaps[:top]])

@@ -4,7 +4,8 @@ Diagnostics behind docs/benchmarks.md, in one process on one GPU:
 
   train    one fwd+bwd+fused-AdamW step at L=512 x 16 (bf16): wall ms with a sync after each step, ms per step
            back to back (no sync between steps, as model_bench times them; tok/s comes from this), GPU-busy ms
-           (profiler), the first (compiling) step's seconds, the top kernels;
+           (profiler), the first (compiling) step's seconds, the top kernels; over three back-to-back steps, the
+           span from first kernel to last, the time some kernel ran, the gaps between kernels and the longest ones;
            the host operators and CUDA runtime calls with the most CPU time of their own in one step;
            the same for `torch.compile(model)`, with dynamo's graph and graph-break count (torch._dynamo.explain).
   decode   batch-1 greedy steps after a 2,048-token prompt into a StaticCache: eager steps, steps compiled as
@@ -56,7 +57,7 @@ from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 from modeling_alibi import modeling_alibi as modeling  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
 
-from cuda_timing import gpu_busy, host_busy, host_us  # noqa: E402  (beside this file)
+from cuda_timing import gpu_busy, gpu_timeline, host_busy, host_us  # noqa: E402  (beside this file)
 
 SIZES = dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=16, num_attention_heads=8, intermediate_size=4096)
 
@@ -244,6 +245,7 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
     row["back_to_back_ms"] = round(host_us(step, 10) / 1e3, 2)
     row["gpu_ms"], row["top_kernels"] = gpu_busy(step, 3, top)
     row["gpu_ms"] = round(row["gpu_ms"], 2)
+    row["timeline"] = gpu_timeline(step, 3, top)  # back to back: the span, the kernels' union and the gaps
     # Where the host's time goes: a step whose host time exceeds its GPU time leaves the GPU waiting.
     row["top_host"] = host_busy(step)
     row["tok_s"] = round(16 * 512 / row["back_to_back_ms"] * 1e3)
@@ -251,7 +253,12 @@ def train_row(result: dict, x: torch.Tensor, label: str, options: dict | None, t
     print(f"train {label}: {row['wall_ms']} ms wall (synced), {row['back_to_back_ms']} ms back to back, "
           f"{row['gpu_ms']} ms GPU, {row['tok_s']} tok/s back to back, first step {row['first_step_s']} s",
           {k: row[k] for k in ("graphs", "graph_breaks", "break_reasons") if k in row}, flush=True)
+    t = row["timeline"]
+    print(f"  back to back: {t['span_ms']} ms span, {t['busy_ms']} ms busy, {t['gap_ms']} ms in gaps between "
+          f"{t['launches']} launches ({t['gaps_over_5us']} gaps over 5 us)")
     print_top(row["top_kernels"])
+    for gap in t["top_gaps"]:
+        print(f"    gap {gap['us']:8.1f} us  after {gap['after']}  before {gap['before']}")
     print("  host, self CPU time (one step):")
     print_top(row["top_host"][:top])
 

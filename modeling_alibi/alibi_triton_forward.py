@@ -42,8 +42,11 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.jit import JITFunction
 except ImportError as error:
     raise ImportError("alibi_triton_forward needs triton, which CUDA builds of PyTorch install") from error
+
+from torch.library import wrap_triton as _torch_wrap_triton
 
 LOG2E = math.log2(math.e)
 # "No limit" for the allowed distance: large enough for any context, small enough that the int32 loop-bound
@@ -256,6 +259,15 @@ def _bucket(n: int) -> int:
 def _device_guard(tensor: torch.Tensor):
     """Launch on the tensor's GPU, not the current one."""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def wrap_triton(kernel):
+    """`torch.library.wrap_triton(kernel)`, so that inductor launches the kernel from its own code (the launches
+    inside alibi_ops.triton_op ops); the kernel itself under Triton's interpreter (TRITON_INTERPRET=1,
+    tests/test_norm.py and tests/test_loss.py), whose kernels are not JITFunctions and which torch 2.11's
+    `wrap_triton` refuses. Named as torch's: `triton_op` finds an op's kernels (for its compile-cache keys) by
+    looking for `wrap_triton(<kernel>)` calls in the op's source."""
+    return _torch_wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
 
 
 def _forward(q, k, v, slopes, scale, offset, span) -> tuple[torch.Tensor, torch.Tensor]:

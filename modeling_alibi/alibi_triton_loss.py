@@ -29,8 +29,8 @@ try:
 except ImportError as error:
     raise ImportError("alibi_triton_loss needs triton, which CUDA builds of PyTorch install") from error
 
-from .alibi_ops import IGNORE_INDEX, custom_op
-from .alibi_triton_forward import _device_guard
+from .alibi_ops import IGNORE_INDEX, triton_op
+from .alibi_triton_forward import _device_guard, wrap_triton
 
 __all__ = ["cross_entropy_rows", "rows_supported"]
 
@@ -81,15 +81,12 @@ def _rows(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor) -> t
     warps = min(32, max(4, block // 1024))
     if rows:
         with _device_guard(logits):
-            _rows_kernel[(rows,)](logits, targets, count, nll, grad, vocab, BLOCK=block, num_warps=warps)
+            wrap_triton(_rows_kernel)[(rows,)](logits, targets, count, nll, grad, vocab, BLOCK=block, num_warps=warps)
     return nll, grad
 
 
-def _rows_fake(logits: torch.Tensor, targets: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return logits.new_empty(logits.shape[0], dtype=torch.float32), torch.empty_like(logits)
-
-
-_cross_entropy_rows = custom_op("cross_entropy_rows", __name__, _rows, _rows_fake)
+# An op torch.compile sees through (alibi_ops.triton_op): compiled training launches the kernel from inductor's code.
+_cross_entropy_rows = triton_op("cross_entropy_rows", __name__, _rows)
 
 
 def cross_entropy_rows(

@@ -23,14 +23,11 @@ import torch
 try:
     import triton
     import triton.language as tl
-    from triton.runtime.jit import JITFunction
 except ImportError as error:
     raise ImportError("alibi_triton_norm needs triton, which CUDA builds of PyTorch install") from error
 
-from torch.library import wrap_triton as _torch_wrap_triton
-
 from .alibi_ops import triton_op
-from .alibi_triton_forward import _device_guard
+from .alibi_triton_forward import _device_guard, wrap_triton
 
 __all__ = [
     "add_layer_norm_backward", "add_layer_norm_forward", "norm_supported", "relu_backward_with_bias", "relu_supported"
@@ -182,14 +179,6 @@ def _programs(n_rows: int, rows_at_once: int, programs: int) -> tuple[int, int]:
     """(programs, rows per program) that split `n_rows` among about `programs`, in multiples of `rows_at_once`."""
     per_program = triton.cdiv(triton.cdiv(max(n_rows, 1), programs), rows_at_once) * rows_at_once
     return triton.cdiv(max(n_rows, 1), per_program), per_program
-
-
-def wrap_triton(kernel):
-    """`torch.library.wrap_triton(kernel)`, so that inductor launches the kernel from its own code; the kernel itself
-    under Triton's interpreter (TRITON_INTERPRET=1, tests/test_norm.py), whose kernels are not JITFunctions and which
-    torch 2.11's `wrap_triton` refuses. Named as torch's: `triton_op` finds an op's kernels (for its compile-cache
-    keys) by looking for `wrap_triton(<kernel>)` calls in the op's source."""
-    return _torch_wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
 
 
 def _sum_partials(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
