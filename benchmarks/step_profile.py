@@ -54,6 +54,8 @@ from transformers import StaticCache  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM, alibi_linear_relu, alibi_loss  # noqa: E402
 from modeling_alibi import alibi_decoding as decoding  # noqa: E402
+from modeling_alibi import alibi_fused_decode as fused_decode  # noqa: E402
+from modeling_alibi import alibi_triton_gemv as gemv  # noqa: E402
 from modeling_alibi import modeling_alibi as modeling  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
 
@@ -311,19 +313,25 @@ def decode_part(result: dict) -> None:
 
 
 COMBO = {"combo_kernels": True, "combo_kernels_pointwise_only": True}
-# label: (inductor options, batch-1 linear layers as inductor reductions: decoding.ROW_MATMULS_AS_REDUCTIONS).
+# label: (inductor options, batch-1 linear layers as inductor reductions: decoding.ROW_MATMULS_AS_REDUCTIONS, batch-1
+# layers: the layers' own forward (""), alibi_fused_decode's kernels ("fused"), with programmatic dependent launch
+# ("fused+pdl": alibi_triton_gemv.LAUNCH_PDL)).
 GRAPH_VARIANTS = {
-    "default": ({}, False),
-    "coordinate descent": ({"coordinate_descent_tuning": True}, False),
-    "max-autotune": ({"max_autotune": True, "coordinate_descent_tuning": True}, False),
+    "default": ({}, False, ""),
+    "coordinate descent": ({"coordinate_descent_tuning": True}, False, ""),
+    "max-autotune": ({"max_autotune": True, "coordinate_descent_tuning": True}, False, ""),
     # Horizontal fusion of independent kernels (the key and value cache writes of a layer, for one). Pointwise
     # only: with reductions too, it fused the 65,536-key position cumsum unsplit (0.018 -> 0.364 ms per step).
-    "combo": (COMBO, False),
-    # The shipped setting: combo kernels, and each linear layer one reduction kernel with its epilogue fused.
-    "combo+rows": (COMBO, True),
-    "combo+rows+coordinate descent": ({**COMBO, "coordinate_descent_tuning": True}, True),
+    "combo": (COMBO, False, ""),
+    # The setting shipped until the twenty-fifth session: combo kernels, and each linear layer one reduction kernel
+    # with its epilogue fused.
+    "combo+rows": (COMBO, True, ""),
+    # The same, and each decoder layer as alibi_fused_decode's kernels, without and with PDL.
+    "combo+rows+fused": (COMBO, True, "fused"),
+    "combo+rows+fused+pdl": (COMBO, True, "fused+pdl"),
+    "combo+rows+coordinate descent": ({**COMBO, "coordinate_descent_tuning": True}, True, ""),
     # Programmatic dependent launch: each inductor kernel may start while the one before it finishes.
-    "combo+rows+pdl": ({**COMBO, "triton.enable_pdl": True}, True),
+    "combo+rows+pdl": ({**COMBO, "triton.enable_pdl": True}, True, ""),
 }
 
 
@@ -335,11 +343,13 @@ def graph_part(result: dict, variants: list[str], contexts: tuple[int, ...] = (2
     torch._inductor.config.fx_graph_cache = False
     torch._functorch.config.enable_autograd_cache = False
     for label in variants:
-        options, row_reductions = GRAPH_VARIANTS[label]
+        options, row_reductions, layers = GRAPH_VARIANTS[label]
         decoding.release_decoders()
         torch._dynamo.reset()
         decoding.COMPILE_OPTIONS = options
         decoding.ROW_MATMULS_AS_REDUCTIONS = row_reductions
+        fused_decode.FUSED_DECODE_DEVICES = ("cuda",) if layers else ()
+        gemv.LAUNCH_PDL = layers == "fused+pdl"
         for context in contexts:
             graph_row(rows, model, label, options, context)  # its inputs are freed on return
     decoding.release_decoders()
@@ -356,7 +366,8 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    row = dict(variant=label, options=options, row_reductions=decoding.ROW_MATMULS_AS_REDUCTIONS, context=context)
+    row = dict(variant=label, options=options, row_reductions=decoding.ROW_MATMULS_AS_REDUCTIONS,
+               fused_layers=bool(fused_decode.FUSED_DECODE_DEVICES), pdl=gemv.LAUNCH_PDL, context=context)
     try:
         row["first_call_s"] = round(call(4), 2)  # compiles and captures
         one = min(call(1) for _ in range(3))

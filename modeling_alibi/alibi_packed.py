@@ -13,7 +13,7 @@ hidden 1,024, about 0.04 ms a step: 23.89 ms against 23.85 with one stacked para
 
 Used where `packed_qkv_applies`: the call is one the kernel-choice table gives to cuDNN (alibi_attention.py:
 no cache, padding, packed rows, window or dropout) and the projections are plain `nn.Linear`s (LoRA and quantized
-layers keep their own forward). The model uses it in compiled training only (`AlibiAttention._packs_qkv`), where
+layers keep their own forward). The model uses it in compiled training only (`AlibiAttention.forward`), where
 it was measured; the op is a `torch.library` custom op, whose eager dispatch costs host time.
 
 Hub payload: imports only torch and its sibling files.

@@ -37,12 +37,14 @@ PAYLOAD = (
     "alibi_ops.py",  # custom-op registration (one name per copy of a file), the compiled-training gate
     "alibi_generation.py",  # chunked prefill, generate's mask hook and its fast greedy path
     "alibi_decoding.py",  # graph_generate: static cache, one CUDA graph per token
+    "alibi_fused_decode.py",  # graph_generate's batch-1 decoder layer in five launches
     "alibi_triton.py",  # fused ALiBi flash attention: entry point and autograd
     "alibi_triton_forward.py",
     "alibi_triton_backward.py",
     "alibi_triton_decode.py",  # split-K decode kernel
     "alibi_triton_loss.py",  # the training loss's rows and gradient in one read of the logits
     "alibi_triton_norm.py",  # the LayerNorms' and ReLU's backward passes with their column sums
+    "alibi_triton_gemv.py",  # batch-1 linear layers with the LayerNorm before or the residual add after
     "alibi_cudnn.py",  # cuDNN's fused ALiBi (optional nvidia-cudnn-frontend)
 )
 

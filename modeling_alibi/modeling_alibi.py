@@ -4,8 +4,9 @@ The decoder layers and the model classes. What they read per call comes from ali
 slopes: built once per forward), attention runs through alibi_attention.py's backends, the baselines' position
 encodings are in alibi_positions.py, adaptive input and softmax in alibi_adaptive.py, the loss in alibi_loss.py,
 the MLP (with compiled training's fused fc1 and ReLU) in alibi_linear_relu.py, its fused residual add and LayerNorm in
-alibi_norm.py and its stacked q, k and v projection in alibi_packed.py, chunked prefill and generate's mask hook
-in alibi_generation.py, and transformers' keyword and cache contract in alibi_kwargs.py.
+alibi_norm.py and its stacked q, k and v projection in alibi_packed.py, graph_generate's batch-1 layer in
+alibi_fused_decode.py, chunked prefill and generate's mask hook in alibi_generation.py, and transformers' keyword
+and cache contract in alibi_kwargs.py.
 
 Hub payload: hub.PAYLOAD lists the files. They import only torch, transformers, the standard library, triton
 (inside `try`) and each other, so `save_pretrained` ships them as remote code unchanged.
@@ -36,6 +37,7 @@ from .alibi_attention import (
     prepare_block_mask,
     resolve_attn_implementation,
 )
+from .alibi_fused_decode import fused_decode_applies, fused_decode_layer
 from .alibi_generation import AlibiGenerationMixin
 from .alibi_kwargs import (
     CACHE_NAME,
@@ -84,11 +86,20 @@ class AlibiAttention(nn.Module):
         cache: Cache | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, q_len, _ = hidden_states.shape
-        if cache is None and not output_attentions and self._packs_qkv(hidden_states, attention_mask):
+        # Compiled training of a call cuDNN serves: q, k, v as one GEMM (alibi_packed.py).
+        if (cache is None and not output_attentions and compiled_training(hidden_states, PACKED_QKV_DEVICES)
+                and packed_qkv_applies(self, hidden_states, attention_mask)):
             return self.o_proj(packed_qkv_attention(self, hidden_states)), None
+        out, weights = self.attend(*self._project(hidden_states), attention_mask, rotary, cache, output_attentions)
+        return self.o_proj(out), weights
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: AlibiAttentionMask,
+               rotary: tuple[torch.Tensor, torch.Tensor] | None = None, cache: Cache | None = None,
+               output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention of the projected (b, q, hidden) query, key and value: (b, q, hidden) before `o_proj`, weights."""
+        b, q_len, _ = query.shape
         heads = (b, q_len, self.num_heads, self.head_dim)
-        query, key, value = (x.view(heads).transpose(1, 2) for x in self._project(hidden_states))  # (b, h, q, d)
+        query, key, value = (x.view(heads).transpose(1, 2) for x in (query, key, value))  # (b, h, q, d)
         if rotary is not None:
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if cache is not None:
@@ -108,12 +119,7 @@ class AlibiAttention(nn.Module):
             mask = attention_mask.additive().to(query.dtype)  # (b, h or 1, q, k)
         dropout = self.config.attention_dropout if self.training else 0.0
         out, weights = attention(self, query, key, value, mask, scaling=self.scaling, dropout=dropout)  # (b, q, h, d)
-        out = out.reshape(b, q_len, -1)  # (b, q, h * d)
-        return self.o_proj(out), weights
-
-    def _packs_qkv(self, hidden_states: torch.Tensor, mask: AlibiAttentionMask) -> bool:
-        """Compiled training of a call cuDNN serves: q, k, v as one GEMM (alibi_packed.py)."""
-        return compiled_training(hidden_states, PACKED_QKV_DEVICES) and packed_qkv_applies(self, hidden_states, mask)
+        return out.reshape(b, q_len, -1), weights  # (b, q, h * d)
 
     def _project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(query, key, value), each (b, q, hidden): three projections, or one stacked one (`fused_qkv`)."""
@@ -150,6 +156,8 @@ class AlibiDecoderLayer(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor | PendingAdd, torch.Tensor | None]:
         """`hidden_states` may be the previous pre-norm block's `PendingAdd`; with `defer_add` (pre-norm only) this
         block returns its own last add as one (`AlibiModel._defers_adds`)."""
+        if fused_decode_applies(self, hidden_states, rotary, cache, output_attentions):  # graph_generate's batch 1
+            return fused_decode_layer(self, hidden_states, attention_mask, cache), None
         if isinstance(hidden_states, PendingAdd):
             residual, hidden_states = _add_and_norm(*hidden_states, self.self_attn_layer_norm)
         else:
@@ -197,9 +205,8 @@ class AlibiPreTrainedModel(PreTrainedModel):
     # Compiled static-cache decoding runs as one graph: nothing reads device values while traced.
     _can_compile_fullgraph = True
 
-    def _check_and_adjust_attn_implementation(
-        self, attn_implementation: str | None, is_init_check: bool = False, **kwargs: Any
-    ) -> str:
+    def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, is_init_check: bool = False,
+                                              **kwargs: Any) -> str:
         # Our own check first: transformers would otherwise look for a hub kernel, which has no ALiBi.
         if attn_implementation == "flash_attention_2" and flash_attn_func is None:
             raise ImportError(FLASH_MISSING)
@@ -297,15 +304,9 @@ class AlibiModel(AlibiPreTrainedModel):
         return_dict = config.return_dict if return_dict is None else return_dict
         return output if return_dict else output.to_tuple()
 
-    def _run_layers(
-        self,
-        hidden_states: torch.Tensor,
-        mask: AlibiAttentionMask,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None,
-        cache: Cache | None,
-        output_attentions: bool,
-        output_hidden_states: bool,
-    ) -> BaseModelOutputWithPast:
+    def _run_layers(self, hidden_states: torch.Tensor, mask: AlibiAttentionMask,
+                    rotary: tuple[torch.Tensor, torch.Tensor] | None, cache: Cache | None, output_attentions: bool,
+                    output_hidden_states: bool) -> BaseModelOutputWithPast:
         all_hidden_states, all_attentions = [], []
         defer_add = self._defers_adds(hidden_states, output_hidden_states)
         last = len(self.layers) - 1
