@@ -55,6 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM, alibi_linear_relu, alibi_loss  # noqa: E402
 from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 from modeling_alibi import alibi_fused_decode as fused_decode  # noqa: E402
+from modeling_alibi import alibi_triton_decode as decode_kernel  # noqa: E402
 from modeling_alibi import alibi_triton_gemv as gemv  # noqa: E402
 from modeling_alibi import modeling_alibi as modeling  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
@@ -313,9 +314,10 @@ def decode_part(result: dict) -> None:
 
 
 COMBO = {"combo_kernels": True, "combo_kernels_pointwise_only": True}
-# label: (inductor options, batch-1 linear layers as inductor reductions: decoding.ROW_MATMULS_AS_REDUCTIONS, batch-1
-# layers: the layers' own forward (""), alibi_fused_decode's kernels ("fused"), with programmatic dependent launch
-# ("fused+pdl": alibi_triton_gemv.LAUNCH_PDL)).
+# label: (inductor options, batch-1 linear layers as inductor reductions: decoding.ROW_MATMULS_AS_REDUCTIONS, the
+# twenty-fifth session's features joined by "+": "fused", alibi_fused_decode's layer (else the layers' own forward);
+# "pdl", its kernels with programmatic dependent launch (alibi_triton_gemv.LAUNCH_PDL); "attn-pdl", the decode
+# attention's too (alibi_triton_decode.LAUNCH_PDL); "choice", the greedy argmax compiled (decoding.COMPILE_CHOICE)).
 GRAPH_VARIANTS = {
     "default": ({}, False, ""),
     "coordinate descent": ({"coordinate_descent_tuning": True}, False, ""),
@@ -326,9 +328,12 @@ GRAPH_VARIANTS = {
     # The setting shipped until the twenty-fifth session: combo kernels, and each linear layer one reduction kernel
     # with its epilogue fused.
     "combo+rows": (COMBO, True, ""),
-    # The same, and each decoder layer as alibi_fused_decode's kernels, without and with PDL.
+    # The same, and each decoder layer as alibi_fused_decode's kernels, without and with PDL, and so on.
     "combo+rows+fused": (COMBO, True, "fused"),
     "combo+rows+fused+pdl": (COMBO, True, "fused+pdl"),
+    "combo+rows+fused+pdl+attn-pdl": (COMBO, True, "fused+pdl+attn-pdl"),
+    "combo+rows+fused+pdl+attn-pdl+choice": (COMBO, True, "fused+pdl+attn-pdl+choice"),
+    "combo+rows+fused+pdl+choice": (COMBO, True, "fused+pdl+choice"),
     "combo+rows+coordinate descent": ({**COMBO, "coordinate_descent_tuning": True}, True, ""),
     # Programmatic dependent launch: each inductor kernel may start while the one before it finishes.
     "combo+rows+pdl": ({**COMBO, "triton.enable_pdl": True}, True, ""),
@@ -343,13 +348,15 @@ def graph_part(result: dict, variants: list[str], contexts: tuple[int, ...] = (2
     torch._inductor.config.fx_graph_cache = False
     torch._functorch.config.enable_autograd_cache = False
     for label in variants:
-        options, row_reductions, layers = GRAPH_VARIANTS[label]
+        options, row_reductions, features = GRAPH_VARIANTS[label]
+        features = set(features.split("+"))
         decoding.release_decoders()
         torch._dynamo.reset()
         decoding.COMPILE_OPTIONS = options
         decoding.ROW_MATMULS_AS_REDUCTIONS = row_reductions
-        fused_decode.FUSED_DECODE_DEVICES = ("cuda",) if layers else ()
-        gemv.LAUNCH_PDL = layers == "fused+pdl"
+        fused_decode.FUSED_DECODE_DEVICES = ("cuda",) if "fused" in features else ()
+        gemv.LAUNCH_PDL, decode_kernel.LAUNCH_PDL = "pdl" in features, "attn-pdl" in features
+        decoding.COMPILE_CHOICE = "choice" in features
         for context in contexts:
             graph_row(rows, model, label, options, context)  # its inputs are freed on return
     decoding.release_decoders()
@@ -367,7 +374,8 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
         return time.perf_counter() - t0
 
     row = dict(variant=label, options=options, row_reductions=decoding.ROW_MATMULS_AS_REDUCTIONS,
-               fused_layers=bool(fused_decode.FUSED_DECODE_DEVICES), pdl=gemv.LAUNCH_PDL, context=context)
+               fused_layers=bool(fused_decode.FUSED_DECODE_DEVICES), pdl=gemv.LAUNCH_PDL,
+               attention_pdl=decode_kernel.LAUNCH_PDL, compiled_choice=decoding.COMPILE_CHOICE, context=context)
     try:
         row["first_call_s"] = round(call(4), 2)  # compiles and captures
         one = min(call(1) for _ in range(3))

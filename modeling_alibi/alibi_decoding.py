@@ -167,9 +167,10 @@ class _Decoder:
     """
 
     def __init__(self, model: AlibiForCausalLM, settings: tuple, choose):
-        batch, total, device, _, _, _, eos_token_id, pad_token_id, compile, _, _, _ = settings
-        self.model, self.settings, self.choose = model, settings, choose
-        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        batch, total, device, do_sample, _, _, eos_token_id, pad_token_id, compile, _, _, _ = settings
+        self.model, self.settings, self.eos_token_id, self.pad_token_id = model, settings, eos_token_id, pad_token_id
+        compile_choice = COMPILE_CHOICE and compile and not do_sample
+        self.choose = torch.compile(choose, dynamic=False, backend=_inductor({}, False)) if compile_choice else choose
         self.forward = _compiled(model) if compile else model
         self.cache = StaticCache(config=model.config, max_cache_len=total)
         self.state = _DecodeState(
@@ -240,7 +241,7 @@ class _Decoder:
         return logits
 
     def record(self, logits: torch.Tensor) -> None:
-        _record(self.state, self.choose(logits.float()), self.eos_token_id, self.pad_token_id)
+        _record(self.state, self.choose(logits), self.eos_token_id, self.pad_token_id)
 
     @torch.no_grad()
     def one_step(self) -> None:
@@ -324,12 +325,13 @@ def _record(state: _DecodeState, next_token: torch.Tensor, eos_token_id: int | N
 
 
 def _chooser(do_sample: bool, temperature: float, top_k: int | None):
-    """(b, vocab) fp32 logits -> (b,) tokens, with no host synchronization (so a CUDA graph can hold it)."""
+    """(b, vocab) logits -> (b,) tokens, with no host synchronization (so a CUDA graph can hold it). The argmax of
+    bf16 or fp16 logits is that of their fp32 values; sampling computes in fp32."""
     if not do_sample:
         return lambda logits: logits.argmax(-1)
 
     def sample(logits: torch.Tensor) -> torch.Tensor:
-        logits = logits / temperature
+        logits = logits.float() / temperature
         if top_k is not None and top_k < logits.shape[-1]:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (b, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -343,15 +345,17 @@ def _chooser(do_sample: bool, temperature: float, top_k: int | None):
 _COMPILED: dict[int, torch.nn.Module] = {}
 _DECODERS: dict[int, _Decoder] = {}
 
-# Inductor options for the compiled step (benchmarks/step_profile.py --parts graph measures the choices). Combo
-# kernels fuse independent pointwise kernels side by side (a layer's key and value cache writes become one launch):
-# 218 -> 202 launches per step; on an H200, 0.799 -> 0.774 ms per token at 2,048 keys and 1.768 -> 1.612 at 65,536.
-# Pointwise only: with reductions, the 65,536-key position cumsum was fused unsplit (0.018 -> 0.364 ms per step).
+# Inductor options for the compiled step (benchmarks/step_profile.py --parts graph measures them). Combo kernels fuse
+# independent pointwise kernels (a layer's key and value cache writes): 218 -> 202 launches, on an H200 0.799 ->
+# 0.774 ms per token at 2,048 keys. Pointwise only: with reductions the 65,536-key position cumsum ran unsplit.
 COMPILE_OPTIONS: dict = {"combo_kernels": True, "combo_kernels_pointwise_only": True}
 # Batch-1 linear layers as inductor reductions (_row_matmul); False keeps cuBLAS's GEMVs (step_profile compares).
 # Inductor's FX-graph and AOT caches do not key on the decomposition table: to compare the two settings in one
 # process or cache folder, turn those caches off (step_profile.py does).
 ROW_MATMULS_AS_REDUCTIONS = True
+# A compiled step's greedy argmax compiled too (_Decoder), as inductor's reduction; False keeps ATen's argmax kernel
+# (benchmarks/step_profile.py --parts graph compares them).
+COMPILE_CHOICE = True
 _MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 
 
@@ -379,20 +383,14 @@ def _row_matmul(fallback):
     return decomposed
 
 
-def _undecomposed(*args, **kwargs):
-    """The fallback where inductor has no decomposition of its own: keep the op."""
-    return NotImplemented
-
-
 _BACKENDS: dict[tuple, Any] = {}
 
 
 def _inductor(options: dict, row_matmuls: bool):
     """torch.compile's inductor backend with `options`, and with _row_matmul when `row_matmuls`: one object per
-    setting. Dynamo reuses a compiled frame only for the backend object that compiled it, so a new closure per
-    torch.compile wrapper recompiled the step whenever the wrapper was rebuilt, as after every generate() call
-    whose cache was freed (2.7 s per call for a batch of 32 prompts of 2,048 tokens on an H200;
-    tests/test_decoding.py::test_a_freed_cache_keeps_the_compiled_step)."""
+    setting. Dynamo reuses a compiled frame only for the backend object that compiled it: a new closure per wrapper
+    recompiled the step after every generate() call whose cache was freed (2.7 s a call for 32 x 2,048 tokens on
+    an H200; tests/test_decoding.py::test_a_freed_cache_keeps_the_compiled_step)."""
     key = (tuple(sorted(options.items())), row_matmuls)
     if key not in _BACKENDS:
         from torch._inductor.compile_fx import compile_fx
@@ -401,7 +399,8 @@ def _inductor(options: dict, row_matmuls: bool):
         def backend(graph: torch.fx.GraphModule, example_inputs: list):
             table = select_decomp_table()
             if row_matmuls:
-                table = {**table, **{op: _row_matmul(table.get(op, _undecomposed)) for op in _MATMULS}}
+                keep = lambda *args, **kwargs: NotImplemented  # noqa: E731 - no decomposition of inductor's: keep the op
+                table = {**table, **{op: _row_matmul(table.get(op, keep)) for op in _MATMULS}}
             return compile_fx(graph, example_inputs, config_patches=dict(options), decompositions=table)
 
         _BACKENDS[key] = backend
@@ -412,8 +411,8 @@ def _compiled(model: AlibiForCausalLM) -> torch.nn.Module:
     """One compiled wrapper per model, so later calls reuse its kernels (shapes are static per cache size)."""
     if id(model) not in _COMPILED:
         _COMPILED.clear()  # keep no stale model alive
-        # Static shapes: each cache size gets its own specialized kernels. Automatic dynamic shapes would make the
-        # second cache size in a process recompile with symbolic lengths, for every later call.
+        # Static shapes: each cache size gets its own kernels. Automatic dynamic shapes would recompile the second
+        # cache size in a process with symbolic lengths, for every later call.
         backend = _inductor(COMPILE_OPTIONS, ROW_MATMULS_AS_REDUCTIONS)
         _COMPILED[id(model)] = torch.compile(model, dynamic=False, backend=backend)
     return _COMPILED[id(model)]

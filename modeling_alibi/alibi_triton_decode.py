@@ -38,7 +38,7 @@ except ImportError as error:
     raise ImportError("alibi_triton_decode needs triton, which CUDA builds of PyTorch install") from error
 
 from .alibi_ops import custom_op
-from .alibi_triton_forward import _allowed_span, _device_guard, _interpreting
+from .alibi_triton_forward import _allowed_span, _device_guard, _interpreting, pdl_capable
 
 __all__ = ["alibi_decode_attention", "decode_supported"]
 
@@ -58,6 +58,10 @@ BLOCK_N = 64
 NUM_STAGES = 3
 NUM_WARPS = 4
 MERGE_SPLITS = 64
+# Programmatic dependent launch on sm_90 and newer (alibi_triton_forward.pdl_capable): each kernel lets the next one
+# launch once all its programs run, and reads its inputs after `gdc_wait`. In graph_generate's batch-1 step the
+# output projection's kernel (alibi_triton_gemv.py) then loads its weights while the merge runs.
+LAUNCH_PDL = True
 
 
 @triton.jit
@@ -68,8 +72,11 @@ def _split_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_qpb, stride_qpm, stride_kcb, stride_kcn,
     num_heads, q_len, k_len, keys_per_split, scale,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SPAN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SPAN: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # the merge may launch now; the query and the cache are read after the kernels writing them end
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)  # b * num_heads + h
     split = tl.program_id(1)
     b = row // num_heads
@@ -125,8 +132,11 @@ def _merge_kernel(
     PartOut, PartMax, PartSum, Out,
     stride_ob, stride_oh, stride_om, stride_od,
     num_heads, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, MERGE_SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, MERGE_SPLITS: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # the next kernel may launch now (the output projection starts loading its weights)
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     query = tl.program_id(1)
     b = row // num_heads
@@ -214,18 +224,20 @@ def _decode(
     out = torch.empty(b, h, q_len, d, device=query.device, dtype=query.dtype)
     slopes = slopes.to(device=query.device, dtype=torch.float32)
     span = _allowed_span(h, window, max_distance, query.device)
+    pdl = LAUNCH_PDL and pdl_capable(query)
+    launch = {"launch_pdl": True} if pdl else {}
     with _device_guard(query):
         _split_kernel[(b * h, splits)](
             query, key, value, slopes, slopes if span is None else span, query_positions, key_codes,
             part_out, part_max, part_sum,
             *query.stride(), *key.stride(), *value.stride(), *query_positions.stride(), *key_codes.stride(),
             h, q_len, k_len, keys_per_split, scale,
-            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, BLOCK_N=block_n, HAS_SPAN=span is not None,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, BLOCK_N=block_n, HAS_SPAN=span is not None, PDL=pdl,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch,
         )
         _merge_kernel[(b * h, q_len)](
             part_out, part_max, part_sum, out, *out.stride(), h, splits,
-            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, MERGE_SPLITS=MERGE_SPLITS, num_warps=4,
+            HEAD_DIM=d, BLOCK_Q=MAX_QUERIES, MERGE_SPLITS=MERGE_SPLITS, PDL=pdl, num_warps=4, **launch,
         )
     return out
 

@@ -261,6 +261,18 @@ def _device_guard(tensor: torch.Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
+@torch.compiler.assume_constant_result
+def _hopper(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
+def pdl_capable(tensor: torch.Tensor) -> bool:
+    """Whether kernels on this tensor's device can use programmatic dependent launch (sm_90 and newer; not under the
+    interpreter): a kernel launched with it may start before the one before it ends, and waits for it in
+    `gdc_wait`."""
+    return tensor.is_cuda and not _interpreting() and _hopper(tensor.device.index or 0)
+
+
 def wrap_triton(kernel):
     """`torch.library.wrap_triton(kernel)`, so that inductor launches the kernel from its own code (the launches
     inside alibi_ops.triton_op ops); the kernel itself under Triton's interpreter (TRITON_INTERPRET=1,

@@ -32,7 +32,7 @@ except ImportError as error:
     raise ImportError("alibi_triton_gemv needs triton, which CUDA builds of PyTorch install") from error
 
 from .alibi_ops import custom_op, triton_op
-from .alibi_triton_forward import _device_guard, _interpreting, wrap_triton
+from .alibi_triton_forward import _device_guard, _interpreting, pdl_capable, wrap_triton
 
 __all__ = ["MAX_COLUMNS", "gemv_supported", "linear_add", "norm_linear"]
 
@@ -155,13 +155,8 @@ _norm_linear_pdl_op = custom_op("norm_linear_pdl", __name__, _norm_linear_pdl, _
 _linear_add_pdl_op = custom_op("linear_add_pdl", __name__, _linear_add_pdl, _fake)
 
 
-@torch.compiler.assume_constant_result
-def _hopper(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (9, 0)
-
-
 def _pdl(x: torch.Tensor) -> bool:
-    return LAUNCH_PDL and x.is_cuda and not _interpreting() and _hopper(x.device.index or 0)
+    return LAUNCH_PDL and pdl_capable(x)
 
 
 def norm_linear(x: torch.Tensor, norm: torch.nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor | None,
