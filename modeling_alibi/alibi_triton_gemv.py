@@ -12,6 +12,15 @@ computes the LayerNorm itself, so the norm costs no launch; and each program loa
 in one go, so that all of a layer's weight bytes are in flight at once (Triton's pipeliner does not stage loads
 that feed no `tl.dot`).
 
+What made them faster than inductor's is programmatic dependent launch (PDL, `LAUNCH_PDL`). The weights are the
+only large read and no kernel writes them, so each kernel loads them before it waits for the kernel ahead
+(`gdc_wait`), and lets the next kernel launch as soon as it runs (`gdc_launch_dependents`): one layer's weights
+stream in while the layer before it finishes. On an H200 (benchmarks/gemv_bench.py, twenty-fifth session), 16 calls
+in a CUDA graph took 4.07 / 1.47 / 4.31 / 3.42 us per call for q, k and v, the output projection, fc1 and fc2,
+against 4.78 / 2.16 / 5.28 / 4.43 without PDL and 5.63 / 2.04 / 6.30 / 4.72 for inductor's kernels (their
+LayerNorm statistics included). In graph_generate's step at 2,048 keys: 0.576 ms a token with inductor's kernels,
+0.541 with these without PDL, 0.478 with it (benchmarks/step_profile.py --parts graph).
+
 Rounding is eager's: the LayerNorm's output, the layer's output (fp32 sum plus bias) and the residual sum are each
 rounded to the weights' dtype, where the separate ops round them; ReLU commutes with rounding.
 
@@ -38,13 +47,14 @@ __all__ = ["MAX_COLUMNS", "gemv_supported", "linear_add", "norm_linear"]
 
 MAX_COLUMNS = 16384  # K: one program holds a whole input row
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Weight elements a program loads at once, (BLOCK_N, K): with K = 4,096, four rows (32 KB in bf16). Enough programs
-# per layer to cover an H200's 132 SMs twice for N = 1,024, and few enough registers that two programs share an SM.
+# Weight elements a program loads at once, (BLOCK_N, K), and its warps: four rows of 1,024 (8 KB in bf16), or one of
+# 4,096. Of 2,048 to 32,768 elements and 2 to 8 warps, the fastest or within 0.25 us of it for every layer but
+# the head's (fastest at 8,192, 4% better) on an H200 (gemv_bench.py, twenty-fifth session).
 TILE_ELEMENTS = 4096
 NUM_WARPS = 4
-# Programmatic dependent launch on sm_90 and newer: each kernel lets the next one start as soon as all of its own
-# programs are running, and reads its input row only after `gdc_wait` (the kernel before it is then finished and
-# its writes visible), so the next layer's weights are already streaming in while this one finishes.
+# Programmatic dependent launch on sm_90 and newer (alibi_triton_forward.pdl_capable): each kernel lets the next one
+# launch as soon as all its programs run, and reads what earlier kernels wrote only after `gdc_wait`, which returns
+# once the kernel before it has finished and its writes are visible. False: plain launches (inductor's own, below).
 LAUNCH_PDL = True
 
 
@@ -112,7 +122,6 @@ def _launch(x, weight, bias, norm_weight, norm_bias, eps, residual, relu, pdl=Fa
     n_rows, n_cols = weight.shape
     out = x.new_empty(1, n_rows)
     block_n, block_k = _block_rows(n_rows, n_cols)
-    # Inductor launches a triton_op's kernels itself and knows no PDL launch: those ops launch with Triton's own.
     kernel, launch = (_gemv_kernel, {"launch_pdl": True}) if pdl else (wrap_triton(_gemv_kernel), {})
     with _device_guard(x):
         kernel[(triton.cdiv(n_rows, block_n),)](
@@ -144,15 +153,21 @@ def _linear_add_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return _launch(x, weight, bias, None, None, 0.0, residual, False, pdl=True)
 
 
-def _fake(x: torch.Tensor, *args) -> torch.Tensor:
-    weight = args[3] if len(args) == 6 else args[0]  # norm_linear's (norm_weight, norm_bias, eps, weight, ...)
+def _norm_linear_fake(x: torch.Tensor, norm_weight, norm_bias, eps, weight: torch.Tensor, *args) -> torch.Tensor:
     return x.new_empty(1, weight.shape[0])
 
 
+def _linear_add_fake(x: torch.Tensor, weight: torch.Tensor, *args) -> torch.Tensor:
+    return x.new_empty(1, weight.shape[0])
+
+
+# Without PDL, triton_ops: inductor launches their kernels from its own code. With it, custom ops, opaque to
+# inductor, whose bodies launch with Triton's launcher: inductor's launch of a user kernel has no PDL attribute. In
+# graph_generate's CUDA graph either costs no host time per token.
 _norm_linear_op = triton_op("norm_linear", __name__, _norm_linear)
 _linear_add_op = triton_op("linear_add", __name__, _linear_add)
-_norm_linear_pdl_op = custom_op("norm_linear_pdl", __name__, _norm_linear_pdl, _fake)
-_linear_add_pdl_op = custom_op("linear_add_pdl", __name__, _linear_add_pdl, _fake)
+_norm_linear_pdl_op = custom_op("norm_linear_pdl", __name__, _norm_linear_pdl, _norm_linear_fake)
+_linear_add_pdl_op = custom_op("linear_add_pdl", __name__, _linear_add_pdl, _linear_add_fake)
 
 
 def _pdl(x: torch.Tensor) -> bool:

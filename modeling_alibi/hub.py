@@ -37,7 +37,7 @@ PAYLOAD = (
     "alibi_ops.py",  # custom-op registration (one name per copy of a file), the compiled-training gate
     "alibi_generation.py",  # chunked prefill, generate's mask hook and its fast greedy path
     "alibi_decoding.py",  # graph_generate: static cache, one CUDA graph per token
-    "alibi_fused_decode.py",  # graph_generate's batch-1 decoder layer in five launches
+    "alibi_fused_decode.py",  # graph_generate's batch-1 decoder layer on alibi_triton_gemv's kernels
     "alibi_triton.py",  # fused ALiBi flash attention: entry point and autograd
     "alibi_triton_forward.py",
     "alibi_triton_backward.py",
