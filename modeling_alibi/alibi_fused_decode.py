@@ -61,7 +61,7 @@ def fused_decode_applies(layer: nn.Module, hidden_states: Any, rotary: Any, cach
         and all(_affine(norm, hidden_states) for norm in (layer.self_attn_layer_norm, layer.final_layer_norm))
     ):
         return False
-    row = hidden_states.view(1, -1)  # (1, d)
+    row = hidden_states.reshape(1, -1)  # (1, d)
     inner = row.new_empty(1, mlp.fc1.out_features)  # only its shape and dtype are read
     return all(gemv_supported(x, weight) for x, weight in (
         (row, attention.fused_qkv[0]), (row, attention.o_proj.weight), (row, mlp.fc1.weight), (inner, mlp.fc2.weight)))

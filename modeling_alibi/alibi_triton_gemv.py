@@ -26,6 +26,9 @@ rounded to the weights' dtype, where the separate ops round them; ReLU commutes 
 
 Shapes: x (1, K) contiguous; weight (N, K) contiguous; bias (N,) or None; residual (1, N).
 
+With PDL the weights are read before the kernel just ahead of this one has finished: it must not write them (in
+graph_generate's step it is another layer's kernel; the stacked q, k, v weights are refreshed before the prompt).
+
 Hub payload: imports only torch, triton (inside `try`) and its siblings alibi_ops.py and alibi_triton_forward.py.
 """
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from conftest import run_interpreted, tiny_config, tiny_model
+from conftest import run_interpreted, tiny_model
 from test_decoding import GREEDY
 
 # Runs in a fresh interpreter with TRITON_INTERPRET=1: argv[1] holds the cases, argv[2] gets their results.
@@ -108,22 +108,25 @@ def test_interpreted_fused_layer_decodes_as_the_layers(tmp_path, use_bias):
     assert results["batch 2's calls"] == 0
 
 
-@pytest.mark.parametrize("overrides", [dict(normalize_before=False), dict(activation_function="gelu")],
-                         ids=["post-norm", "gelu"])
-def test_other_layers_keep_their_forward(overrides, monkeypatch):
-    """Post-norm and non-ReLU layers are not the fused layer's: it declines them, even where it is allowed."""
+@pytest.mark.parametrize(("overrides", "fused"), [
+    ({}, True), (dict(normalize_before=False), False), (dict(activation_function="gelu"), False),
+], ids=["pre-norm-relu", "post-norm", "gelu"])
+def test_only_pre_norm_relu_layers_take_the_fused_layer(overrides, fused, monkeypatch):
+    """Post-norm and non-ReLU layers are not the fused layer's: it declines them where it is allowed to run."""
     from modeling_alibi import alibi_decoding as decoding
-    from modeling_alibi import alibi_fused_decode as fused
+    from modeling_alibi import alibi_fused_decode as fused_decode
 
-    monkeypatch.setattr(fused, "FUSED_DECODE_DEVICES", ("cpu",))
+    monkeypatch.setattr(fused_decode, "FUSED_DECODE_DEVICES", ("cpu",))
+    monkeypatch.setattr(fused_decode, "gemv_supported", lambda x, weight: True)  # the interpreter's, on the CPU
     model = tiny_model(4, "sdpa", **overrides)
     stacked = decoding._stacked_projections(model)
     decoding._restack(stacked)
     hidden = torch.randn(1, 1, model.config.hidden_size)
     layer = model.model.layers[0]
     with decoding._fused_projections(stacked):
-        assert not fused.fused_decode_applies(layer, hidden, None, object(), False)
-    assert tiny_config().normalize_before  # the default layer is one the fused layer takes (the test above)
+        assert fused_decode.fused_decode_applies(layer, hidden, None, object(), False) is fused
+        assert not fused_decode.fused_decode_applies(layer, hidden.expand(2, 1, -1), None, object(), False)
+    assert not fused_decode.fused_decode_applies(layer, hidden, None, object(), False)  # outside graph_generate
 
 
 def _cublas_error(x, weight, bias, norm, residual) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
