@@ -55,8 +55,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_alibi import AlibiConfig, AlibiForCausalLM, alibi_linear_relu, alibi_loss  # noqa: E402
 from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 from modeling_alibi import alibi_fused_decode as fused_decode  # noqa: E402
-from modeling_alibi import alibi_triton_decode as decode_kernel  # noqa: E402
-from modeling_alibi import alibi_triton_gemv as gemv  # noqa: E402
 from modeling_alibi import modeling_alibi as modeling  # noqa: E402
 from modeling_alibi.training.loop import training_loss  # noqa: E402
 
@@ -341,6 +339,9 @@ GRAPH_VARIANTS = {
 
 
 def graph_part(result: dict, variants: list[str], contexts: tuple[int, ...] = (2048, 65536)) -> None:
+    from modeling_alibi import alibi_triton_decode as decode_kernel  # need triton: here, not where this file loads
+    from modeling_alibi import alibi_triton_gemv as gemv
+
     model = build().eval()
     rows = result.setdefault("graph", [])
     # Compile each variant afresh: the caches key on the traced graph and inductor's options, not on the
@@ -372,6 +373,9 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
         decoding.graph_generate(model, ids, new, max_cache_len=slots)
         torch.cuda.synchronize()
         return time.perf_counter() - t0
+
+    from modeling_alibi import alibi_triton_decode as decode_kernel
+    from modeling_alibi import alibi_triton_gemv as gemv
 
     row = dict(variant=label, options=options, row_reductions=decoding.ROW_MATMULS_AS_REDUCTIONS,
                fused_layers=bool(fused_decode.FUSED_DECODE_DEVICES), pdl=gemv.LAUNCH_PDL,

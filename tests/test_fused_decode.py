@@ -124,7 +124,8 @@ def test_only_pre_norm_relu_layers_take_the_fused_layer(overrides, fused, monkey
     hidden = torch.randn(1, 1, model.config.hidden_size)
     layer = model.model.layers[0]
     with decoding._fused_projections(stacked):
-        assert fused_decode.fused_decode_applies(layer, hidden, None, object(), False) is fused
+        expected = fused and fused_decode.norm_linear is not None  # without triton no layer takes it
+        assert fused_decode.fused_decode_applies(layer, hidden, None, object(), False) is expected
         assert not fused_decode.fused_decode_applies(layer, hidden.expand(2, 1, -1), None, object(), False)
     assert not fused_decode.fused_decode_applies(layer, hidden, None, object(), False)  # outside graph_generate
 

@@ -71,8 +71,8 @@ def test_windowed_prompt_memory_stays_flat(bench):
 
 
 def test_step_profile_variants_name_inductor_options_of_this_torch(monkeypatch):
-    """benchmarks/step_profile.py's training variants pass inductor options by name; a renamed option would only
-    fail on the GPU machine, after its wheel copy and start-up."""
+    """benchmarks/step_profile.py's training and decode variants pass inductor options by name; a renamed option
+    would only fail on the GPU machine, after its wheel copy and start-up. The file loads without triton."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import step_profile
     import torch._inductor.config
@@ -80,4 +80,7 @@ def test_step_profile_variants_name_inductor_options_of_this_torch(monkeypatch):
     known = torch._inductor.config.get_config_copy()
     for label, options in step_profile.TRAIN_VARIANTS.items():
         assert not set(options or {}) - known.keys(), label
+    for label, (options, _, features) in step_profile.GRAPH_VARIANTS.items():
+        assert not set(options) - known.keys(), label
+        assert set(features.split("+")) <= {"", "fused", "pdl", "attn-pdl", "choice"}, label
     assert set(step_profile.EXPERIMENTS) <= set(step_profile.TRAIN_VARIANTS)
