@@ -4,9 +4,9 @@ projection with the residual add; LayerNorm, fc1 and ReLU; fc2 with the residual
 alibi_triton_gemv.py's kernels, one launch each.
 
 Why: at batch 1 a token's time is its kernels' fixed costs, not their bytes. The compiled step leaves each
-LayerNorm's statistics and the residual stream's add-and-copy in kernels of their own, about ten per layer (the
-weights of the WikiText-103-size model alone would take 0.11 ms at an H200's copy rate, its step took 0.53 ms of
-GPU time at 2,048 keys: docs/benchmarks.md, twenty-third session). With these layers the step is 138 launches
+LayerNorm's statistics in a kernel of its own, beside about eight other kernels per layer (the weights of the
+WikiText-103-size model alone would take 0.11 ms at an H200's copy rate, its step took 0.53 ms of GPU time at
+2,048 keys: docs/benchmarks.md, twenty-third session). With these layers the step is 138 launches
 instead of 170, and with the kernels' programmatic dependent launch 0.478 ms a token instead of 0.576
 (benchmarks/step_profile.py --parts graph, twenty-fifth session).
 

@@ -5,12 +5,11 @@ residual add).
 Why hand-written kernels: at batch 1 a linear layer is a matrix-vector product whose time is one short wave of
 programs reading the weights. The compiled step (alibi_decoding's `_row_matmul`) already writes each layer as one
 inductor reduction with its bias, ReLU and residual add, but a LayerNorm's statistics are a second reduction over
-the row, which inductor puts in a kernel of its own, and the residual stream's add-and-copy is one more: about ten
-kernels per layer, 0.53 ms of GPU time per token for the WikiText-103-size model at 2,048 keys on an H200
-(docs/benchmarks.md, twenty-third session). Here every program reads the whole input row (2-8 KB, from L2) and
-computes the LayerNorm itself, so the norm costs no launch; and each program loads its whole block of weight rows
-in one go, so that all of a layer's weight bytes are in flight at once (Triton's pipeliner does not stage loads
-that feed no `tl.dot`).
+the row, which inductor puts in a kernel of its own: about ten kernels per layer, 0.53 ms of GPU time per token
+for the WikiText-103-size model at 2,048 keys on an H200 (docs/benchmarks.md, twenty-third session). Here every
+program reads the whole input row (2-8 KB, from L2) and computes the LayerNorm itself, so the norm costs no launch;
+and each program loads its whole block of weight rows in one go, so that all of a layer's weight bytes are in
+flight at once (Triton's pipeliner does not stage loads that feed no `tl.dot`).
 
 What made them faster than inductor's is programmatic dependent launch (PDL, `LAUNCH_PDL`). The weights are the
 only large read and no kernel writes them, so each kernel loads them before it waits for the kernel ahead
