@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from modeling_alibi import alibi_decoding as decoding  # noqa: E402
 from modeling_alibi import alibi_triton_gemv as gemv  # noqa: E402
 
-from cuda_timing import copy_gb_s  # noqa: E402  (beside this file)
+from cuda_timing import copy_gb_s, mean_ms  # noqa: E402  (beside this file)
 
 COPIES = 16  # weight copies per timed graph: 16 x 8 MB > an H200's 60 MB of L2
 # (name, N, K, kind): kind "norm" is norm_linear, "norm+relu" with the ReLU, "add" is linear_add; "head" has no bias.
@@ -78,26 +78,10 @@ def _kernel(kind: str):
 
 
 def _graph_us(fn, copies: list[dict]) -> float:
-    """Microseconds per call: a CUDA graph of one call per copy, replayed 50 times between CUDA events."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for c in copies:
-            fn(**c)  # warm-up: compiles, autotunes
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for c in copies:
-            fn(**c)
-    for _ in range(3):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(50):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return 1e3 * start.elapsed_time(end) / (50 * len(copies))
+    """Microseconds per call: a CUDA graph of one call per copy (one warm-up pass first: compiles, autotunes),
+    replayed 50 times back to back between CUDA events after 3 warm-up replays."""
+    graph = decoding._captured(lambda: [fn(**c) for c in copies], warm_ups=1)[0]
+    return 1e3 * mean_ms(graph.replay, 50) / len(copies)
 
 
 def _error(fn, c: dict, kind: str) -> float:

@@ -359,11 +359,11 @@ def graph_part(result: dict, variants: list[str], contexts: tuple[int, ...] = (2
         gemv.LAUNCH_PDL, decode_kernel.LAUNCH_PDL = "pdl" in features, "attn-pdl" in features
         decoding.COMPILE_CHOICE = "choice" in features
         for context in contexts:
-            graph_row(rows, model, label, options, context)  # its inputs are freed on return
+            graph_row(rows, model, label, options, features, context)  # its inputs are freed on return
     decoding.release_decoders()
 
 
-def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, context: int) -> None:
+def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, features: set[str], context: int) -> None:
     ids = torch.randint(3, 32000, (1, context), device="cuda")
     slots = context + 129 + 16  # 16 spare slots for the profiled steps below
 
@@ -374,12 +374,8 @@ def graph_row(rows: list, model: AlibiForCausalLM, label: str, options: dict, co
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    from modeling_alibi import alibi_triton_decode as decode_kernel
-    from modeling_alibi import alibi_triton_gemv as gemv
-
     row = dict(variant=label, options=options, row_reductions=decoding.ROW_MATMULS_AS_REDUCTIONS,
-               fused_layers=bool(fused_decode.FUSED_DECODE_DEVICES), pdl=gemv.LAUNCH_PDL,
-               attention_pdl=decode_kernel.LAUNCH_PDL, compiled_choice=decoding.COMPILE_CHOICE, context=context)
+               features=sorted(features - {""}), context=context)
     try:
         row["first_call_s"] = round(call(4), 2)  # compiles and captures
         one = min(call(1) for _ in range(3))

@@ -131,7 +131,7 @@ def test_only_pre_norm_relu_layers_take_the_fused_layer(overrides, fused, monkey
     assert not fused_decode.fused_decode_applies(layer, hidden, None, object(), False)  # outside graph_generate
 
 
-def _cublas_error(x, weight, bias, norm, residual) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _kernels_and_separate_ops(x, weight, bias, norm, residual) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(kernel results, the separate bf16 ops' results) for norm_linear with ReLU and linear_add."""
     from modeling_alibi import alibi_triton_gemv as gemv
 
@@ -155,7 +155,7 @@ def test_gpu_kernels_are_as_accurate_as_cublas(shape):
     with torch.no_grad():
         truth = [torch.relu(F.linear(norm.double()(x.double()), weight.double(), bias.double())),
                  residual.double() + F.linear(x.double(), weight.double(), bias.double())]
-        kernels, separate = _cublas_error(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), norm.bfloat16(),
+        kernels, separate = _kernels_and_separate_ops(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), norm.bfloat16(),
                                           residual.bfloat16())
     for label, got, eager, exact in zip(("norm_linear", "linear_add"), kernels, separate, truth, strict=True):
         error, eager_error = (got.double() - exact).abs().max(), (eager.double() - exact).abs().max()
